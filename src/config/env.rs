@@ -1,0 +1,197 @@
+//! Zero-config mode: the official postgres image's variables plus the CMD.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+use super::{
+    app_spec, parse_duration, parse_signal, postgres_spec, var, CommandPlan, Launch, Plan,
+    PostgresPlan, ServicePlan, DEFAULT_SOCKET, DEFAULT_STOP_BUDGET,
+};
+use crate::postgres;
+use crate::runtime::process::{resolve_program, Identity, Reaper};
+use crate::supervisor::Condition;
+
+/// Why a plan could not be made, with the exit code it deserves.
+#[derive(Debug)]
+pub struct PlanError {
+    pub message: String,
+    /// 127/126 for a CMD that is missing or not executable, 1 otherwise.
+    pub code: i32,
+}
+
+impl From<String> for PlanError {
+    fn from(message: String) -> Self {
+        PlanError { message, code: 1 }
+    }
+}
+
+/// Builds the plan from the CMD and the environment.
+///
+/// The embedded PostgreSQL runs when `TANDEM_POSTGRES` is `on`, or when it is `auto`
+/// (the default) and any `POSTGRES_*` or `PGDATA` variable is set, as in an image built
+/// from the official one.
+pub fn from_env(
+    cmd: Vec<OsString>,
+    env: &HashMap<String, String>,
+    os_env: &[(OsString, OsString)],
+    reaper: &Reaper,
+) -> Result<Plan, PlanError> {
+    let stop_budget = match var(env, "TANDEM_STOP_TIMEOUT") {
+        Some(v) => parse_duration(v).map_err(|e| format!("TANDEM_STOP_TIMEOUT: {e}"))?,
+        None => DEFAULT_STOP_BUDGET,
+    };
+    let socket = PathBuf::from(var(env, "TANDEM_SOCKET").unwrap_or(DEFAULT_SOCKET));
+
+    let want_postgres = match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
+        "on" | "1" | "true" | "yes" => true,
+        "off" | "0" | "false" | "no" => false,
+        "auto" => env.keys().any(|k| k.starts_with("POSTGRES_") || k == "PGDATA"),
+        other => {
+            return Err(format!("TANDEM_POSTGRES={other:?}: use on, off or auto").into());
+        }
+    };
+    if cmd.is_empty() && !want_postgres {
+        return Err(
+            "nothing to run: give the app's command (tandem -- CMD ARGS...) or set POSTGRES_* variables for the embedded PostgreSQL"
+                .to_string()
+                .into(),
+        );
+    }
+
+    let mut services = Vec::new();
+    let mut pg_settings = None;
+    if want_postgres {
+        let settings = postgres::Settings::from_env(env)?;
+        let bins = postgres::locate_binaries(&settings, env, reaper)?;
+        services.push(ServicePlan {
+            spec: postgres_spec(stop_budget, cmd.is_empty()),
+            launch: Launch::Postgres(Box::new(PostgresPlan {
+                settings: settings.clone(),
+                bins,
+            })),
+        });
+        pg_settings = Some(settings);
+    }
+
+    if !cmd.is_empty() {
+        let program = resolve_program(&cmd[0], os_env_get(os_env, "PATH")).map_err(|e| PlanError {
+            message: e.to_string(),
+            code: e.exit_code(),
+        })?;
+        let user = match var(env, "TANDEM_APP_USER") {
+            Some(u) => Some(Identity::lookup(u).map_err(|e| format!("TANDEM_APP_USER: {e}"))?),
+            None => None,
+        };
+        let mut child_env: Vec<(OsString, OsString)> = os_env.to_vec();
+        let mut depends_on = vec![];
+        if let Some(settings) = &pg_settings {
+            for (k, v) in postgres::app_env(settings) {
+                if os_env_get(os_env, &k).is_none() {
+                    child_env.push((k.into(), v.into()));
+                }
+            }
+            depends_on.push((0, Condition::Healthy));
+        }
+        let mut spec = app_spec(stop_budget, depends_on);
+        if let Some(s) = var(env, "TANDEM_APP_STOP_SIGNAL") {
+            spec.stop_ladder[0] = parse_signal(s).map_err(|e| format!("TANDEM_APP_STOP_SIGNAL: {e}"))?;
+        }
+        if let Some(s) = var(env, "TANDEM_APP_RELOAD_SIGNAL") {
+            spec.reload_signal =
+                Some(parse_signal(s).map_err(|e| format!("TANDEM_APP_RELOAD_SIGNAL: {e}"))?);
+        }
+        services.push(ServicePlan {
+            spec,
+            launch: Launch::Command(CommandPlan {
+                program,
+                argv: cmd,
+                env: child_env,
+                user,
+            }),
+        });
+    }
+
+    Ok(Plan {
+        services,
+        stop_budget,
+        socket,
+    })
+}
+
+fn os_env_get<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsStr> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_os_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let os = map.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        (map, os)
+    }
+
+    fn plan(cmd: &[&str], pairs: &[(&str, &str)]) -> Result<Plan, PlanError> {
+        let (map, os) = env(pairs);
+        from_env(cmd.iter().map(OsString::from).collect(), &map, &os, &Reaper::new())
+    }
+
+    #[test]
+    fn app_only_without_postgres_variables() {
+        let p = plan(&["sh", "-c", "true"], &[("PATH", "/usr/bin:/bin")]).unwrap();
+        assert_eq!(p.services.len(), 1);
+        assert!(p.services[0].spec.depends_on.is_empty());
+        assert_eq!(p.stop_budget, DEFAULT_STOP_BUDGET);
+    }
+
+    #[test]
+    fn postgres_then_app_with_database_url() {
+        let p = plan(
+            &["sh"],
+            &[
+                ("PATH", "/usr/bin:/bin"),
+                ("POSTGRES_PASSWORD", "pw"),
+                ("PGPORT", "6543"),
+                ("TANDEM_STOP_TIMEOUT", "3"),
+                ("PGUSER", "mine"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.services[0].spec.name, "postgres");
+        assert_eq!(p.services[1].spec.depends_on, vec![(0, Condition::Healthy)]);
+        let Launch::Command(c) = &p.services[1].launch else { panic!("app is a command") };
+        let get = |k: &str| os_env_get(&c.env, k).map(|v| v.to_string_lossy().into_owned());
+        assert!(get("DATABASE_URL").unwrap().contains(":6543/"));
+        assert_eq!(get("PGUSER").as_deref(), Some("mine"), "the user's own value wins");
+        assert_eq!(p.stop_budget.as_secs(), 3);
+    }
+
+    #[test]
+    fn bad_input_is_one_line_with_the_right_code() {
+        let e = plan(&["no-such-cmd-tandem"], &[("PATH", "/usr/bin")]).unwrap_err();
+        assert_eq!(e.code, 127);
+        assert!(e.message.contains("no-such-cmd-tandem"), "{}", e.message);
+        let e = plan(&["/etc/hostname"], &[]).unwrap_err();
+        assert_eq!(e.code, 126);
+        let e = plan(&["sh"], &[("PATH", "/bin"), ("TANDEM_STOP_TIMEOUT", "soon")]).unwrap_err();
+        assert!(e.message.starts_with("TANDEM_STOP_TIMEOUT"), "{}", e.message);
+        let e = plan(&[], &[]).unwrap_err();
+        assert!(e.message.contains("nothing to run"));
+        let e = plan(&["sh"], &[("PATH", "/bin"), ("TANDEM_APP_RELOAD_SIGNAL", "SIGFOO")])
+            .unwrap_err();
+        assert!(e.message.contains("TANDEM_APP_RELOAD_SIGNAL"));
+    }
+
+    #[test]
+    fn postgres_alone_is_the_main_service() {
+        let p = plan(&[], &[("POSTGRES_PASSWORD", "x")]).unwrap();
+        assert_eq!(p.services.len(), 1);
+        assert!(p.services[0].spec.main);
+    }
+}

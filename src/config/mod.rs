@@ -1,0 +1,235 @@
+//! What to run: the environment (zero-config mode) turned into one [`Plan`].
+//!
+//! Everything that can be checked before a process starts is checked here, so bad input
+//! fails with one line and nothing half-started.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::postgres;
+use crate::runtime::process::Identity;
+use crate::supervisor::{self, Condition, Kind, Spec};
+
+mod env;
+
+pub use env::{from_env, PlanError};
+
+/// Docker waits 10 s between SIGTERM and SIGKILL; 9 s leaves tandem a second to spare.
+pub const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(9);
+/// Where `tandem healthcheck` and `tandem status` find the running tandem.
+pub const DEFAULT_SOCKET: &str = "/run/tandem.sock";
+
+/// Everything tandem will do, decided before anything starts.
+#[derive(Debug)]
+pub struct Plan {
+    pub services: Vec<ServicePlan>,
+    /// From the first stop signal to exit, everything included (`TANDEM_STOP_TIMEOUT`).
+    pub stop_budget: Duration,
+    /// The control socket (`TANDEM_SOCKET`).
+    pub socket: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct ServicePlan {
+    pub spec: Spec,
+    pub launch: Launch,
+}
+
+/// How the runtime starts a service.
+#[derive(Debug)]
+pub enum Launch {
+    /// An ordinary program, argv kept as a vector from the command line to `execve`.
+    Command(CommandPlan),
+    /// The embedded PostgreSQL: initialise if needed, then the server.
+    Postgres(Box<PostgresPlan>),
+}
+
+#[derive(Debug)]
+pub struct CommandPlan {
+    /// The resolved executable.
+    pub program: PathBuf,
+    /// argv, argv[0] included.
+    pub argv: Vec<OsString>,
+    /// The whole environment of the child.
+    pub env: Vec<(OsString, OsString)>,
+    pub user: Option<Identity>,
+}
+
+#[derive(Debug)]
+pub struct PostgresPlan {
+    pub settings: postgres::Settings,
+    pub bins: postgres::Binaries,
+}
+
+impl Plan {
+    pub fn specs(&self) -> Vec<Spec> {
+        self.services.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// The plan as a person reads it (`tandem check`).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let names: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
+        for (i, s) in self.services.iter().enumerate() {
+            let spec = &s.spec;
+            out.push_str(&format!("{}. {}", i + 1, spec.name));
+            match &s.launch {
+                Launch::Command(c) => {
+                    let argv: Vec<String> =
+                        c.argv.iter().map(|a| format!("{:?}", a.to_string_lossy())).collect();
+                    out.push_str(&format!(": [{}]", argv.join(", ")));
+                    if let Some(u) = &c.user {
+                        out.push_str(&format!(" as {}", u.name));
+                    }
+                }
+                Launch::Postgres(p) => out.push_str(&format!(
+                    ": PostgreSQL {} from {} ({}), data {}, port {}, database {:?} as {:?}",
+                    p.bins.version,
+                    p.bins.dir.display(),
+                    p.bins.source,
+                    p.settings.data_dir.display(),
+                    p.settings.port,
+                    p.settings.database,
+                    p.settings.user,
+                )),
+            }
+            out.push('\n');
+            if !spec.depends_on.is_empty() {
+                let deps: Vec<String> = spec
+                    .depends_on
+                    .iter()
+                    .map(|(d, c)| format!("{} {:?}", names[*d], c).to_lowercase())
+                    .collect();
+                out.push_str(&format!("   starts when: {}\n", deps.join(", ")));
+            }
+            let ladder: Vec<&str> = spec.stop_ladder.iter().map(|s| s.as_str()).collect();
+            out.push_str(&format!("   stops with: {}", ladder.join(" -> ")));
+            if !spec.stop_reserve.is_zero() {
+                out.push_str(&format!(" (keeps {} ms of the budget)", spec.stop_reserve.as_millis()));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "stop budget: {} ms (TANDEM_STOP_TIMEOUT); control socket: {}\n",
+            self.stop_budget.as_millis(),
+            self.socket.display()
+        ));
+        out
+    }
+}
+
+/// The PostgreSQL service as the supervisor sees it: SIGINT (fast shutdown, clean
+/// checkpoint), then SIGQUIT (immediate), then SIGKILL, keeping a third of the budget
+/// (at least 1 s, at most half) for its clean stop whatever the app does.
+fn postgres_spec(budget: Duration, main: bool) -> Spec {
+    let reserve = (budget / 3).max(Duration::from_secs(1)).min(budget / 2);
+    Spec {
+        name: "postgres".into(),
+        kind: Kind::Daemon,
+        depends_on: vec![],
+        stop_ladder: vec![Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL],
+        stop_timeout: budget,
+        step_timeout: (reserve / 4).min(Duration::from_secs(1)),
+        stop_reserve: reserve,
+        immediate_step: 1,
+        main,
+        needs_ready: true,
+        reload_signal: Some(Signal::SIGHUP),
+        forward_signals: false,
+    }
+}
+
+/// The app: its stop signal to its whole process group, SIGKILL when its share is up.
+fn app_spec(budget: Duration, depends_on: Vec<(supervisor::Id, Condition)>) -> Spec {
+    Spec {
+        name: "app".into(),
+        kind: Kind::Daemon,
+        depends_on,
+        stop_ladder: vec![Signal::SIGTERM, Signal::SIGKILL],
+        stop_timeout: budget,
+        step_timeout: Duration::ZERO,
+        stop_reserve: Duration::ZERO,
+        immediate_step: 1,
+        main: true,
+        needs_ready: false,
+        reload_signal: None,
+        forward_signals: true,
+    }
+}
+
+/// Reads a duration: `9`, `2.5` (seconds), `500ms`, `9s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 9, 2.5, 500ms, 9s, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Reads a signal name (`SIGUSR1`, `USR1`, `usr1`) or number.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{s:?} is not a signal number"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse::<Signal>().map_err(|_| format!("{s:?} is not a signal name"))
+}
+
+/// Looks a variable up, treating an empty value as unset (as the official image does).
+fn var<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    env.get(name).map(|s| s.as_str()).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("9"), Ok(Duration::from_secs(9)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGUSR1"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("usr2"), Ok(Signal::SIGUSR2));
+        assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
+        assert!(parse_signal("SIGNOPE").is_err());
+    }
+
+    #[test]
+    fn postgres_keeps_a_third_of_the_budget_within_bounds() {
+        assert_eq!(postgres_spec(Duration::from_secs(9), false).stop_reserve, Duration::from_secs(3));
+        assert_eq!(postgres_spec(Duration::from_secs(3), false).stop_reserve, Duration::from_secs(1));
+        assert_eq!(
+            postgres_spec(Duration::from_secs(1), false).stop_reserve,
+            Duration::from_millis(500)
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! tandem: PID 1 for an all-in-one container running an embedded PostgreSQL and an app.
+//!
+//! Layout, one concern a module:
+//! - [`config`]: the TOML file or the environment (zero-config mode), validated into one [`config::Plan`].
+//! - [`supervisor`]: the decisions. Pure code: events and `now` in, actions and deadlines out.
+//! - [`runtime`]: the edges. Spawning, the reaper, signals, timers; feeds the supervisor.
+//! - [`postgres`]: the embedded PostgreSQL: binaries, first-start initialisation, readiness.
+//! - [`logs`]: child output prefixed per service, and tandem's own events.
+
+pub mod config;
+pub mod logs;
+pub mod postgres;
+pub mod runtime;
+pub mod supervisor;

@@ -1,0 +1,211 @@
+//! Output: child lines re-emitted with their service's name, and tandem's own events
+//! through `tracing`, both in the same format (plain, coloured on a TTY, or JSON lines).
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::pipe;
+
+/// How lines are written, chosen once at start from `TANDEM_LOG_FORMAT` and the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Colour,
+    Json,
+}
+
+static FORMAT: OnceLock<Format> = OnceLock::new();
+
+/// The copying tasks still running, so the last lines can be flushed before exit.
+static PUMPS: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+fn format() -> Format {
+    *FORMAT.get_or_init(|| Format::Plain)
+}
+
+/// Which of tandem's streams a line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Sets the output format and installs the tracing subscriber for tandem's own events.
+/// `TANDEM_LOG` sets the level (default `info`).
+pub fn init(json: bool) {
+    let fmt = if json {
+        Format::Json
+    } else if std::io::stderr().is_terminal() {
+        Format::Colour
+    } else {
+        Format::Plain
+    };
+    let _ = FORMAT.set(fmt);
+    let level = std::env::var("TANDEM_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .event_format(OwnEvents)
+            .with_writer(std::io::stderr)
+            .finish(),
+    );
+}
+
+/// A stable colour per service name, so interleaved output stays readable.
+fn colour_of(name: &str) -> &'static str {
+    const PALETTE: [&str; 5] = ["36", "35", "33", "32", "34"];
+    if name == "tandem" {
+        return "1";
+    }
+    let h = name.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+    PALETTE[h % PALETTE.len()]
+}
+
+/// Writes one line from `source` in the current format. Lines are written whole, with one
+/// `write` each, so lines from different services never interleave mid-line.
+pub fn emit(source: &str, stream: Stream, line: &str) {
+    let text = match format() {
+        Format::Plain => format!("{source} | {line}\n"),
+        Format::Colour => format!("\x1b[{}m{source} |\x1b[0m {line}\n", colour_of(source)),
+        Format::Json => {
+            let stream = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let obj = serde_json::json!({ "service": source, "stream": stream, "line": line });
+            format!("{obj}\n")
+        }
+    };
+    // A closed stdout (the log reader went away) must not take PID 1 down with it.
+    let _ = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+        Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+    };
+}
+
+/// Copies a child's pipe to our output line by line, prefixed with `source`, until EOF.
+/// Bytes that are not UTF-8 are replaced rather than dropped.
+pub fn pump(source: String, stream: Stream, fd: OwnedFd) {
+    let rx = match pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!("cannot read the output of {source}: {e}");
+            return;
+        }
+    };
+    let handle = tokio::spawn(async move {
+        let mut reader = BufReader::new(rx);
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        buf.pop();
+                    }
+                    emit(&source, stream, &String::from_utf8_lossy(&buf));
+                }
+            }
+        }
+    });
+    let mut pumps = PUMPS.lock().unwrap_or_else(|p| p.into_inner());
+    pumps.retain(|h| !h.is_finished());
+    pumps.push(handle);
+}
+
+/// Waits until every child's output has been copied out (its pipes closed), at most
+/// `limit`: a grandchild that escaped its group may hold a pipe open forever.
+pub async fn drain(limit: Duration) {
+    let pumps = std::mem::take(&mut *PUMPS.lock().unwrap_or_else(|p| p.into_inner()));
+    let all = async {
+        for h in pumps {
+            let _ = h.await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, all).await;
+}
+
+/// Attaches pumps to whatever stdout/stderr pipes `child` has.
+pub fn pump_child(source: &str, child: &mut std::process::Child) {
+    if let Some(out) = child.stdout.take() {
+        pump(source.to_string(), Stream::Stdout, OwnedFd::from(out));
+    }
+    if let Some(err) = child.stderr.take() {
+        pump(source.to_string(), Stream::Stderr, OwnedFd::from(err));
+    }
+}
+
+/// tandem's own events, formatted like a child's lines under the name `tandem`.
+struct OwnEvents;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OwnEvents
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut visitor = Collect::default();
+        event.record(&mut visitor);
+        let level = *event.metadata().level();
+        let mut line = String::new();
+        if level != tracing::Level::INFO {
+            line.push_str(&level.to_string().to_lowercase());
+            line.push_str(": ");
+        }
+        line.push_str(&visitor.message);
+        for (k, v) in &visitor.fields {
+            line.push_str(&format!(" {k}={v}"));
+        }
+        match format() {
+            Format::Plain => writeln!(writer, "tandem | {line}"),
+            Format::Colour => writeln!(writer, "\x1b[1mtandem |\x1b[0m {line}"),
+            Format::Json => {
+                let mut obj = serde_json::json!({
+                    "service": "tandem",
+                    "level": level.to_string().to_lowercase(),
+                    "line": visitor.message,
+                });
+                for (k, v) in visitor.fields {
+                    obj[k] = serde_json::Value::String(v);
+                }
+                writeln!(writer, "{obj}")
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Collect {
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+impl tracing::field::Visit for Collect {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields.push((field.name().to_string(), format!("{value:?}")));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields.push((field.name().to_string(), value.to_string()));
+        }
+    }
+}

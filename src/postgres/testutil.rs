@@ -1,0 +1,67 @@
+//! Test helpers: one reaper for the whole test binary, and per-test directories and ports.
+//!
+//! `Reaper::reap` collects *every* child of the process, so two reapers in one test binary
+//! would steal each other's exit statuses: every test that spawns must use [`reaper`]. No
+//! signal thread runs in unit tests, so a background thread drains it every millisecond.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::runtime::process::Reaper;
+
+/// The test binary's one reaper, drained by a background thread.
+pub fn reaper() -> Reaper {
+    static REAPER: OnceLock<Reaper> = OnceLock::new();
+    REAPER
+        .get_or_init(|| {
+            let reaper = Reaper::new();
+            let r = reaper.clone();
+            std::thread::spawn(move || loop {
+                r.reap();
+                std::thread::sleep(Duration::from_millis(1));
+            });
+            reaper
+        })
+        .clone()
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A port in 20000..40000 unlikely to clash with other tests of this run or of another run.
+pub fn port() -> u16 {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    (20000 + (std::process::id().wrapping_mul(37).wrapping_add(n * 7919)) % 20000) as u16
+}
+
+/// A fresh directory under /tmp that the `postgres` user can traverse (0755), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!(
+            "/tmp/tandem-pgtest-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

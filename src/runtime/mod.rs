@@ -1,0 +1,268 @@
+//! The edges: spawning, reaping, signals and timers, feeding the supervisor.
+//!
+//! One thread waits for signals synchronously (all of them are blocked everywhere, so no
+//! handler ever runs) and reaps on SIGCHLD; one single-threaded tokio loop owns the
+//! [`Supervisor`], turns facts into [`Event`]s, and carries out its [`Action`]s.
+
+pub mod process;
+mod signals;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
+use crate::config::{CommandPlan, Launch, Plan, PostgresPlan};
+use crate::logs;
+use crate::postgres;
+use crate::supervisor::{Action, Event, Id, Supervisor, EXIT_START_FAILED};
+use process::{ChildSetup, Reaper};
+
+pub use signals::{block_signals, spawn_signal_thread};
+
+/// How long, at exit, we wait for the last lines of children's output to be copied out.
+/// Only spent when something outside our process groups still holds a pipe open.
+const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What the runtime knows about one service's processes.
+struct Running {
+    /// The main process (and process-group leader), once started.
+    pid: Option<Pid>,
+    /// The process group, kept after exit for the final sweep.
+    pgid: Option<Pid>,
+    /// PostgreSQL's set-up step currently running (initdb, the temporary server, psql).
+    init_child: postgres::ChildSlot,
+    /// Signals other than SIGKILL go to the leader only (PostgreSQL's postmaster relays
+    /// them to its backends itself), not to the whole group.
+    leader_only: bool,
+}
+
+/// Runs the plan until the supervisor says exit; returns the exit code.
+pub async fn run(plan: Plan, reaper: Reaper, mut events: mpsc::UnboundedReceiver<Event>, tx: mpsc::UnboundedSender<Event>) -> i32 {
+    let mut sup = Supervisor::new(plan.specs(), plan.stop_budget);
+    let mut running: Vec<Running> = plan
+        .services
+        .iter()
+        .map(|s| Running {
+            pid: None,
+            pgid: None,
+            init_child: Arc::new(Mutex::new(None)),
+            leader_only: matches!(s.launch, Launch::Postgres(_)),
+        })
+        .collect();
+    let plan = Arc::new(plan);
+
+    sup.start(Instant::now());
+    loop {
+        while let Some(action) = sup.poll_action() {
+            match action {
+                Action::Start(id) => start(id, &plan, &reaper, &tx, &running[id]),
+                Action::Signal { id, signal } => send(&running[id], sup.name(id), signal),
+                Action::Exit { code } => {
+                    sweep(&running);
+                    logs::drain(OUTPUT_DRAIN).await;
+                    return code;
+                }
+            }
+        }
+        let deadline = sup.next_deadline();
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { return EXIT_START_FAILED };
+                match &ev {
+                    Event::Started { id, pid } => {
+                        running[*id].pid = Some(*pid);
+                        running[*id].pgid = Some(*pid);
+                    }
+                    Event::Exited { id, .. } => running[*id].pid = None,
+                    _ => {}
+                }
+                sup.handle(ev, Instant::now());
+            }
+            _ = sleep_until(deadline) => sup.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn start(id: Id, plan: &Arc<Plan>, reaper: &Reaper, tx: &mpsc::UnboundedSender<Event>, run: &Running) {
+    let name = plan.services[id].spec.name.clone();
+    match &plan.services[id].launch {
+        Launch::Command(c) => start_command(id, &name, c, reaper, tx),
+        Launch::Postgres(_) => {
+            let plan = Arc::clone(plan);
+            let reaper = reaper.clone();
+            let tx = tx.clone();
+            let slot = Arc::clone(&run.init_child);
+            tokio::spawn(async move {
+                let Launch::Postgres(pg) = &plan.services[id].launch else { return };
+                start_postgres(id, &name, pg, &reaper, &tx, &slot).await;
+            });
+        }
+    }
+}
+
+/// Forwards the exit status of `spawned` to the supervisor when the reaper delivers it.
+fn forward_exit(id: Id, exit: tokio::sync::oneshot::Receiver<crate::supervisor::Exit>, tx: &mpsc::UnboundedSender<Event>) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        if let Ok(exit) = exit.await {
+            let _ = tx.send(Event::Exited { id, exit });
+        }
+    });
+}
+
+fn start_command(id: Id, name: &str, c: &CommandPlan, reaper: &Reaper, tx: &mpsc::UnboundedSender<Event>) {
+    let mut cmd = std::process::Command::new(&c.program);
+    if let Some((argv0, rest)) = c.argv.split_first() {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, argv0);
+        cmd.args(rest);
+    }
+    cmd.env_clear()
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    process::prepare(
+        &mut cmd,
+        &ChildSetup {
+            identity: c.user.clone(),
+            new_session: true,
+        },
+    );
+    match reaper.spawn(&mut cmd) {
+        Ok(mut spawned) => {
+            logs::pump_child(name, &mut spawned.child);
+            let _ = tx.send(Event::Started { id, pid: spawned.pid });
+            forward_exit(id, spawned.exit, tx);
+        }
+        Err(e) => {
+            let _ = tx.send(Event::StartFailed {
+                id,
+                reason: format!("{name}: {e}"),
+                code: e.exit_code(),
+            });
+        }
+    }
+}
+
+/// Initialises PGDATA if needed, starts the server, and reports it ready once the
+/// postmaster says so and a protocol round trip works.
+async fn start_postgres(
+    id: Id,
+    name: &str,
+    pg: &PostgresPlan,
+    reaper: &Reaper,
+    tx: &mpsc::UnboundedSender<Event>,
+    slot: &postgres::ChildSlot,
+) {
+    let fail = |reason: String| {
+        let _ = tx.send(Event::StartFailed {
+            id,
+            reason,
+            code: EXIT_START_FAILED,
+        });
+    };
+    tracing::info!(
+        "using PostgreSQL {} from {} ({})",
+        pg.bins.version,
+        pg.bins.dir.display(),
+        pg.bins.source
+    );
+    if let Err(e) = check_port_free(pg.settings.port) {
+        return fail(e);
+    }
+    if let Err(e) = postgres::prepare(&pg.settings, &pg.bins, reaper, slot).await {
+        return fail(e);
+    }
+    let mut cmd = postgres::server_command(&pg.settings, &pg.bins);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    process::prepare(
+        &mut cmd,
+        &ChildSetup {
+            identity: pg.settings.os_user.clone(),
+            new_session: true,
+        },
+    );
+    let mut spawned = match reaper.spawn(&mut cmd) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("{name}: {e}")),
+    };
+    logs::pump_child(name, &mut spawned.child);
+    let pid = spawned.pid;
+    let _ = tx.send(Event::Started { id, pid });
+    let mut exit = spawned.exit;
+    tokio::select! {
+        ready = postgres::wait_ready(&pg.settings, pid) => match ready {
+            Ok(()) => { let _ = tx.send(Event::Ready { id }); }
+            Err(e) => {
+                tracing::error!("{name} did not become ready: {e}; stopping it");
+                let _ = nix::sys::signal::kill(pid, Signal::SIGINT);
+            }
+        },
+        result = &mut exit => {
+            if let Ok(exit) = result {
+                let _ = tx.send(Event::Exited { id, exit });
+            }
+            return;
+        }
+    }
+    forward_exit(id, exit, tx);
+}
+
+/// PostgreSQL would fail to bind with a line buried in its log; say it up front instead.
+fn check_port_free(port: u16) -> Result<(), String> {
+    match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "port {port} (PGPORT) is already in use by another program; stop it or set PGPORT to a free port"
+        )),
+        Err(e) => Err(format!("cannot check port {port} (PGPORT): {e}")),
+    }
+}
+
+/// Delivers a signal to a service: to its set-up step while PostgreSQL initialises, to the
+/// leader or the whole group once it runs.
+fn send(run: &Running, name: &str, signal: Signal) {
+    let result = match run.pid {
+        Some(pid) if run.leader_only && signal != Signal::SIGKILL => nix::sys::signal::kill(pid, signal),
+        Some(pid) => process::signal_group(pid, signal),
+        None => {
+            let init = *run.init_child.lock().unwrap_or_else(|p| p.into_inner());
+            match init {
+                Some(pid) => process::signal_group(pid, signal),
+                None => return,
+            }
+        }
+    };
+    match result {
+        Ok(()) => tracing::debug!("sent {} to {name}", signal.as_str()),
+        Err(e) => tracing::debug!("could not send {} to {name}: {e}", signal.as_str()),
+    }
+}
+
+/// Nothing tandem started outlives it: kill what is left of every service's process group,
+/// and, when we are a subreaper rather than PID 1, every remaining child (orphans that
+/// were re-parented to us included).
+fn sweep(running: &[Running]) {
+    for r in running {
+        if let Some(pgid) = r.pgid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(-pgid.as_raw()), Signal::SIGKILL);
+        }
+    }
+    if std::process::id() != 1 {
+        for pid in signals::children_of_self() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+    }
+}

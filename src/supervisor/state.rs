@@ -1,0 +1,76 @@
+//! Service phases and the facts derived from them.
+
+use std::time::{Duration, Instant};
+
+use super::{Condition, Kind, Svc};
+
+/// Where a service is in its life. Allowed moves (everything else is ignored):
+///
+/// | from     | to       | on                                                  |
+/// |----------|----------|-----------------------------------------------------|
+/// | Waiting  | Starting | its dependencies hold                               |
+/// | Waiting  | Done     | a shutdown began before it started                  |
+/// | Starting | Running  | `Started`                                           |
+/// | Starting | Stopping | a shutdown reached it (the stop goes to its set-up) |
+/// | Starting | Done     | `StartFailed`, `Exited`                             |
+/// | Running  | Stopping | a shutdown reached it                               |
+/// | Running  | Done     | `Exited`                                            |
+/// | Stopping | Done     | `Exited`, `StartFailed`                             |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Waiting,
+    Starting,
+    Running,
+    Stopping,
+    Done,
+}
+
+/// One row of `tandem status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub phase: Phase,
+    pub pid: Option<i32>,
+    pub ready: bool,
+    #[serde(skip)]
+    pub uptime: Option<Duration>,
+    pub uptime_ms: Option<u64>,
+    /// How it ended, e.g. "exited with code 0".
+    pub exit: Option<String>,
+    pub failed: bool,
+}
+
+impl Svc {
+    /// Started (or being started) and not yet gone.
+    pub(super) fn is_alive(&self) -> bool {
+        matches!(self.phase, Phase::Starting | Phase::Running | Phase::Stopping)
+    }
+
+    pub(super) fn satisfies(&self, cond: Condition) -> bool {
+        let completed =
+            self.spec.kind == Kind::Oneshot && self.phase == Phase::Done && self.exit.is_some_and(|e| e.success());
+        match cond {
+            Condition::Started => self.phase == Phase::Running || completed,
+            Condition::Healthy => (self.phase == Phase::Running && self.ready) || completed,
+            Condition::Completed => completed,
+        }
+    }
+
+    pub(super) fn status(&self, now: Instant) -> ServiceStatus {
+        let uptime = match (self.phase, self.started_at) {
+            (Phase::Running | Phase::Stopping, Some(t)) => Some(now.saturating_duration_since(t)),
+            _ => None,
+        };
+        ServiceStatus {
+            name: self.spec.name.clone(),
+            phase: self.phase,
+            pid: self.pid.map(|p| p.as_raw()),
+            ready: self.ready,
+            uptime,
+            uptime_ms: uptime.map(|d| d.as_millis() as u64),
+            exit: self.exit.map(|e| e.to_string()),
+            failed: self.failed,
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The supervisor driven by a fake clock: time jumps straight to the next deadline, and
+//! every assertion names the exact instant an action happened.
+
+use super::*;
+
+const PG: Id = 0;
+const APP: Id = 1;
+const MS: Duration = Duration::from_millis(1);
+
+fn pg_spec(budget: Duration) -> Spec {
+    Spec {
+        name: "postgres".into(),
+        kind: Kind::Daemon,
+        depends_on: vec![],
+        stop_ladder: vec![Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL],
+        stop_timeout: budget,
+        step_timeout: Duration::from_millis(750),
+        stop_reserve: Duration::from_secs(3),
+        immediate_step: 1,
+        main: false,
+        needs_ready: true,
+        reload_signal: Some(Signal::SIGHUP),
+        forward_signals: false,
+    }
+}
+
+fn app_spec(budget: Duration) -> Spec {
+    Spec {
+        name: "app".into(),
+        kind: Kind::Daemon,
+        depends_on: vec![(PG, Condition::Healthy)],
+        stop_ladder: vec![Signal::SIGTERM, Signal::SIGKILL],
+        stop_timeout: budget,
+        step_timeout: Duration::ZERO,
+        stop_reserve: Duration::ZERO,
+        immediate_step: 1,
+        main: true,
+        needs_ready: false,
+        reload_signal: None,
+        forward_signals: true,
+    }
+}
+
+/// A supervisor, a fake clock starting at `t0`, and every action with when it came.
+struct Harness {
+    sup: Supervisor,
+    t0: Instant,
+    now: Instant,
+    log: Vec<(Duration, Action)>,
+}
+
+impl Harness {
+    fn new(specs: Vec<Spec>, budget: Duration) -> Self {
+        let t0 = Instant::now();
+        let mut h = Harness {
+            sup: Supervisor::new(specs, budget),
+            t0,
+            now: t0,
+            log: vec![],
+        };
+        h.sup.start(t0);
+        h.drain();
+        h
+    }
+
+    fn pair() -> Self {
+        let b = Duration::from_secs(9);
+        Self::new(vec![pg_spec(b), app_spec(b)], b)
+    }
+
+    fn drain(&mut self) {
+        while let Some(a) = self.sup.poll_action() {
+            self.log.push((self.now - self.t0, a));
+        }
+    }
+
+    fn at(&mut self, offset: Duration, ev: Event) {
+        assert!(self.t0 + offset >= self.now, "time goes forward");
+        self.run_until(self.t0 + offset);
+        self.now = self.t0 + offset;
+        self.sup.handle(ev, self.now);
+        self.drain();
+    }
+
+    /// Fires every deadline up to `until`, jumping straight to each; bounded steps.
+    fn run_until(&mut self, until: Instant) {
+        for _ in 0..100 {
+            match self.sup.next_deadline() {
+                Some(d) if d <= until => {
+                    self.now = self.now.max(d);
+                    self.sup.handle_timeout(self.now);
+                    self.drain();
+                }
+                _ => return,
+            }
+        }
+        panic!("deadlines do not converge");
+    }
+
+    fn run_to_end(&mut self) {
+        self.run_until(self.t0 + Duration::from_secs(3600));
+    }
+
+    /// Brings postgres and the app up: started at 0, ready at 400 ms, app started at 401.
+    fn up(&mut self) {
+        self.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+        self.at(400 * MS, Event::Ready { id: PG });
+        self.at(401 * MS, Event::Started { id: APP, pid: Pid::from_raw(20) });
+    }
+
+    fn actions(&self) -> Vec<Action> {
+        self.log.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    fn when(&self, a: &Action) -> Option<Duration> {
+        self.log.iter().find(|(_, x)| x == a).map(|(t, _)| *t)
+    }
+
+    fn exit_code(&self) -> Option<i32> {
+        self.log.iter().find_map(|(_, a)| match a {
+            Action::Exit { code } => Some(*code),
+            _ => None,
+        })
+    }
+}
+
+fn sig(id: Id, signal: Signal) -> Action {
+    Action::Signal { id, signal }
+}
+
+#[test]
+fn app_starts_only_when_postgres_is_ready() {
+    let mut h = Harness::pair();
+    assert_eq!(h.actions(), vec![Action::Start(PG)]);
+    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    assert_eq!(h.actions(), vec![Action::Start(PG)], "started is not ready");
+    h.at(400 * MS, Event::Ready { id: PG });
+    assert_eq!(h.when(&Action::Start(APP)), Some(400 * MS), "no delay after ready");
+}
+
+#[test]
+fn sigterm_stops_app_then_postgres_and_exits_with_the_apps_code() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(1000 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), None, "postgres waits for the app");
+    h.at(1050 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(1050 * MS));
+    h.at(1200 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(0));
+    assert_eq!(h.sup.next_deadline(), None);
+    assert!(!h.actions().contains(&sig(APP, Signal::SIGKILL)));
+}
+
+#[test]
+fn app_ignoring_sigterm_is_killed_leaving_postgres_its_reserve() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    h.run_until(h.t0 + 6500 * MS);
+    // Budget 9 s from 1.0 s: deadline 10.0 s; postgres keeps 3 s, grace 0.5 s.
+    assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(6500 * MS));
+    h.at(6510 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(6510 * MS));
+    h.at(6700 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(137));
+    assert!(!h.actions().contains(&sig(PG, Signal::SIGQUIT)));
+}
+
+#[test]
+fn postgres_that_will_not_stop_gets_sigquit_then_sigkill_inside_the_budget() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    h.at(1100 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    h.run_to_end();
+    // Deadline 10.0 s, grace 0.5 s: SIGKILL at 9.5, SIGQUIT 0.75 s before.
+    assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(8750 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGKILL)), Some(9500 * MS));
+    // It never exits: tandem leaves at the end of the budget anyway, with the app's code.
+    assert_eq!(h.log.last(), Some(&(10_000 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn a_second_sigterm_skips_to_the_next_signal() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    h.at(1200 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(1200 * MS));
+    h.at(1210 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    h.at(1300 * MS, Event::Signal(Signal::SIGINT));
+    assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(1300 * MS));
+}
+
+#[test]
+fn sigquit_stops_everything_at_once() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGQUIT));
+    assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(1000 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(1000 * MS));
+}
+
+#[test]
+fn app_exit_stops_postgres_cleanly_and_passes_the_code_on() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(2000 * MS, Event::Exited { id: APP, exit: Exit::Code(7) });
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(2000 * MS));
+    assert_eq!(h.exit_code(), None, "not before postgres is down");
+    h.at(2100 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(7));
+}
+
+#[test]
+fn app_killed_by_a_signal_exits_128_plus_n() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(2000 * MS, Event::Exited { id: APP, exit: Exit::Signal(6) });
+    h.at(2100 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(134));
+}
+
+#[test]
+fn postgres_dying_stops_the_app_and_fails_the_container() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(2000 * MS, Event::Exited { id: PG, exit: Exit::Signal(9) });
+    assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(2000 * MS));
+    h.at(2050 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+}
+
+#[test]
+fn postgres_failing_to_start_never_starts_the_app() {
+    let mut h = Harness::pair();
+    h.at(
+        50 * MS,
+        Event::StartFailed { id: PG, reason: "bad".into(), code: EXIT_START_FAILED },
+    );
+    assert_eq!(h.actions(), vec![Action::Start(PG), Action::Exit { code: 1 }]);
+}
+
+#[test]
+fn app_that_cannot_be_executed_exits_127_after_postgres_stops() {
+    let mut h = Harness::pair();
+    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(400 * MS, Event::Ready { id: PG });
+    h.at(400 * MS, Event::StartFailed { id: APP, reason: "not found".into(), code: 127 });
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(400 * MS));
+    h.at(500 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(127));
+}
+
+#[test]
+fn sigterm_during_postgres_initialisation_reaches_it_and_exits_143() {
+    let mut h = Harness::pair();
+    h.at(300 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(300 * MS));
+    h.at(350 * MS, Event::StartFailed { id: PG, reason: "interrupted".into(), code: 1 });
+    assert_eq!(h.exit_code(), Some(143));
+    assert!(!h.actions().contains(&Action::Start(APP)));
+}
+
+#[test]
+fn postgres_started_after_the_stop_began_gets_the_stop_signal() {
+    let mut h = Harness::pair();
+    h.at(300 * MS, Event::Signal(Signal::SIGTERM));
+    h.at(900 * MS, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    let ints: Vec<_> = h.log.iter().filter(|(_, a)| *a == sig(PG, Signal::SIGINT)).collect();
+    assert_eq!(ints.len(), 2, "once to the set-up, once to the server: {:?}", h.log);
+}
+
+#[test]
+fn sighup_reloads_postgres_and_only_apps_that_asked_for_it() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGHUP));
+    assert_eq!(h.when(&sig(PG, Signal::SIGHUP)), Some(1000 * MS));
+    assert!(!h.actions().iter().any(|a| matches!(a, Action::Signal { id: APP, .. })));
+
+    let b = Duration::from_secs(9);
+    let mut app = app_spec(b);
+    app.reload_signal = Some(Signal::SIGUSR1);
+    let mut h = Harness::new(vec![pg_spec(b), app], b);
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGHUP));
+    assert_eq!(h.when(&sig(APP, Signal::SIGUSR1)), Some(1000 * MS));
+}
+
+#[test]
+fn user_signals_are_forwarded_to_the_app_only() {
+    let mut h = Harness::pair();
+    h.up();
+    for s in [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
+        h.at(1000 * MS, Event::Signal(s));
+        assert_eq!(h.when(&sig(APP, s)), Some(1000 * MS));
+        assert_eq!(h.when(&sig(PG, s)), None);
+    }
+    h.at(1000 * MS, Event::Signal(Signal::SIGTSTP));
+    assert!(!h.actions().iter().any(|a| matches!(a, Action::Signal { signal: Signal::SIGTSTP, .. })));
+}
+
+#[test]
+fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
+    let b = Duration::from_secs(9);
+    let mut migrate = app_spec(b);
+    migrate.name = "migrate".into();
+    migrate.kind = Kind::Oneshot;
+    migrate.main = false;
+    let mut app = app_spec(b);
+    app.depends_on = vec![(PG, Condition::Healthy), (2, Condition::Completed)];
+    let specs = vec![pg_spec(b), app.clone(), migrate.clone()];
+
+    let mut h = Harness::new(specs.clone(), b);
+    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(100 * MS, Event::Ready { id: PG });
+    assert_eq!(h.when(&Action::Start(2)), Some(100 * MS));
+    h.at(150 * MS, Event::Started { id: 2, pid: Pid::from_raw(30) });
+    assert_eq!(h.when(&Action::Start(APP)), None);
+    h.at(700 * MS, Event::Exited { id: 2, exit: Exit::Code(0) });
+    assert_eq!(h.when(&Action::Start(APP)), Some(700 * MS));
+
+    let mut h = Harness::new(specs, b);
+    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(100 * MS, Event::Ready { id: PG });
+    h.at(150 * MS, Event::Started { id: 2, pid: Pid::from_raw(30) });
+    h.at(700 * MS, Event::Exited { id: 2, exit: Exit::Code(2) });
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(700 * MS));
+    h.at(800 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+    assert!(!h.actions().contains(&Action::Start(APP)));
+}
+
+#[test]
+fn short_budget_still_leaves_postgres_its_fast_shutdown() {
+    let b = Duration::from_secs(3);
+    let mut pg = pg_spec(b);
+    pg.stop_reserve = Duration::from_secs(1);
+    pg.step_timeout = Duration::from_millis(250);
+    let mut h = Harness::new(vec![pg, app_spec(b)], b);
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    h.run_until(h.t0 + 2700 * MS);
+    // Deadline 4.0 s; grace 0.3 s; reserve 1 s: app killed at 2.7 s.
+    assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(2700 * MS));
+    h.at(2700 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    h.run_to_end();
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(2700 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(3450 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGKILL)), Some(3700 * MS));
+}
+
+#[test]
+fn status_reports_phases() {
+    let mut h = Harness::pair();
+    h.up();
+    let st = h.sup.status(h.t0 + 1000 * MS);
+    assert_eq!(st[PG].phase, Phase::Running);
+    assert!(st[PG].ready);
+    assert_eq!(st[APP].pid, Some(20));
+    assert_eq!(st[APP].uptime, Some(599 * MS));
+}
