@@ -140,6 +140,7 @@ fn postgres_spec(budget: Duration, main: bool) -> Spec {
         needs_ready: true,
         reload_signal: Some(Signal::SIGHUP),
         forward_signals: false,
+        health: None,
     }
 }
 
@@ -158,6 +159,7 @@ fn app_spec(budget: Duration, depends_on: Vec<(supervisor::Id, Condition)>) -> S
         needs_ready: false,
         reload_signal: None,
         forward_signals: true,
+        health: None,
     }
 }
 

@@ -60,6 +60,8 @@ pub async fn run(plan: Plan, reaper: Reaper, mut events: mpsc::UnboundedReceiver
             match action {
                 Action::Start(id) => start(id, &plan, &reaper, &tx, &running[id]),
                 Action::Signal { id, signal } => send(&running[id], sup.name(id), signal),
+                // Wired to the prober in the next change; no plan has probes yet.
+                Action::Probe(_) => {}
                 Action::Exit { code } => {
                     sweep(&running);
                     logs::drain(OUTPUT_DRAIN).await;

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+mod health;
 mod state;
 
+pub use health::{Health, HealthSpec, LastProbe, OnUnhealthy, ProbeReport, Verdict};
+use health::HealthState;
 pub use state::{Phase, ServiceStatus};
 
 /// A service's index in the plan; stable for the life of the supervisor.
@@ -108,6 +111,8 @@ pub struct Spec {
     pub reload_signal: Option<Signal>,
     /// Whether SIGUSR1, SIGUSR2 and SIGWINCH sent to tandem are passed on to it.
     pub forward_signals: bool,
+    /// Its health probe's timing and what to do when it keeps failing.
+    pub health: Option<HealthSpec>,
 }
 
 /// Facts reported to the supervisor.
@@ -124,6 +129,8 @@ pub enum Event {
     Exited { id: Id, exit: Exit },
     /// tandem received a signal.
     Signal(Signal),
+    /// A health probe asked for with [`Action::Probe`] finished.
+    Probe { id: Id, report: ProbeReport },
 }
 
 /// Commands for the runtime.
@@ -133,6 +140,8 @@ pub enum Action {
     Start(Id),
     /// Send a signal to the service (its process group, or the postmaster).
     Signal { id: Id, signal: Signal },
+    /// Run the service's health probe and report with [`Event::Probe`].
+    Probe(Id),
     /// Everything is stopped (or the budget is spent): exit with this code.
     Exit { code: i32 },
 }
@@ -173,6 +182,11 @@ struct Svc {
     exit: Option<Exit>,
     /// Could not start, or failed for good.
     failed: bool,
+    health: HealthState,
+    /// Times it was started again after being unhealthy.
+    restarts: u32,
+    /// It is being stopped to be started again.
+    restarting: bool,
 }
 
 pub struct Supervisor {
@@ -203,6 +217,9 @@ impl Supervisor {
                 stop_window_end: None,
                 exit: None,
                 failed: false,
+                health: HealthState::default(),
+                restarts: 0,
+                restarting: false,
             })
             .collect();
         Supervisor {
@@ -231,8 +248,9 @@ impl Supervisor {
             return None;
         }
         let escalations = self.svcs.iter().filter_map(|s| s.escalate_at);
+        let probes = self.svcs.iter().filter_map(|s| s.health.due);
         let budget_end = self.shutdown.as_ref().map(|s| s.deadline);
-        escalations.chain(budget_end).min()
+        escalations.chain(probes).chain(budget_end).min()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -258,6 +276,7 @@ impl Supervisor {
             Event::StartFailed { id, reason, code } => self.on_start_failed(id, reason, code, now),
             Event::Exited { id, exit } => self.on_exited(id, exit, now),
             Event::Signal(sig) => self.on_signal(sig, now),
+            Event::Probe { id, report } => self.on_probe(id, report, now),
         }
         self.advance(now);
     }
@@ -272,6 +291,7 @@ impl Supervisor {
                 self.escalate(id, now);
             }
         }
+        self.issue_due_probes(now);
         if let Some(sd) = &self.shutdown {
             if sd.deadline <= now {
                 let left: Vec<&str> = self
@@ -299,10 +319,15 @@ impl Supervisor {
         match svc.phase {
             Phase::Starting => {
                 svc.phase = Phase::Running;
-                if !svc.spec.needs_ready {
+                tracing::info!(pid = pid.as_raw(), "{} started", svc.spec.name);
+                if svc.spec.health.is_some() {
+                    // Its probe decides when it is ready, unless a readiness check does.
+                    if !svc.spec.needs_ready {
+                        svc.health.due = Some(now);
+                    }
+                } else if !svc.spec.needs_ready {
                     svc.ready = true;
                 }
-                tracing::info!(pid = pid.as_raw(), "{} started", svc.spec.name);
             }
             // A stop was asked for while it was still being set up: pass it on now that
             // there is a process to receive it.
@@ -325,6 +350,9 @@ impl Supervisor {
             .map(|t| now.saturating_duration_since(t).as_millis())
             .unwrap_or(0);
         tracing::info!("{} is ready after {ms} ms", svc.spec.name);
+        if svc.spec.health.is_some() && svc.health.due.is_none() {
+            svc.health.due = Some(now);
+        }
     }
 
     fn on_start_failed(&mut self, id: Id, reason: String, code: i32, now: Instant) {
@@ -346,6 +374,17 @@ impl Supervisor {
         svc.phase = Phase::Done;
         svc.pid = None;
         svc.escalate_at = None;
+        svc.health = HealthState::default();
+        if svc.restarting && self.shutdown.is_none() {
+            svc.restarting = false;
+            svc.restarts += 1;
+            svc.phase = Phase::Waiting;
+            svc.ready = false;
+            svc.stop_began = None;
+            svc.exit = None;
+            tracing::info!("{} {exit}; starting it again (restart {})", svc.spec.name, svc.restarts);
+            return;
+        }
         if let Some(began) = svc.stop_began {
             let ms = now.saturating_duration_since(began).as_millis();
             tracing::info!("{} {exit} after stopping for {ms} ms", svc.spec.name);
@@ -410,14 +449,32 @@ impl Supervisor {
     }
 
     fn begin_shutdown(&mut self, now: Instant, code: Option<i32>, signal: Option<Signal>) {
-        if self.shutdown.is_none() {
-            self.shutdown = Some(Shutdown {
-                started: now,
-                deadline: now + self.budget,
-                code,
-                signal,
-                immediate: false,
-            });
+        if self.shutdown.is_some() {
+            return;
+        }
+        let deadline = now + self.budget;
+        self.shutdown = Some(Shutdown {
+            started: now,
+            deadline,
+            code,
+            signal,
+            immediate: false,
+        });
+        // A service being restarted is already stopping: it stays stopped, and its stop now
+        // has to fit in the budget like everyone else's.
+        for id in 0..self.svcs.len() {
+            self.svcs[id].health.due = None;
+            if self.svcs[id].restarting {
+                let reserve = self.reserve_after(id);
+                let end = deadline
+                    .checked_sub(reserve + self.final_grace)
+                    .unwrap_or(now)
+                    .max(now);
+                let svc = &mut self.svcs[id];
+                svc.restarting = false;
+                svc.stop_window_end = svc.stop_window_end.map(|w| w.min(end));
+                svc.escalate_at = svc.escalate_at.map(|t| t.min(end));
+            }
         }
     }
 
@@ -535,6 +592,7 @@ impl Supervisor {
         }
         if self.shutdown.is_none() {
             self.start_ready_services(now);
+            self.issue_due_probes(now);
         }
         if let Some(sd) = &self.shutdown {
             let immediate = sd.immediate;

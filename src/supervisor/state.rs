@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Condition, Kind, Svc};
+use super::{Condition, Health, Kind, LastProbe, Svc};
 
 /// Where a service is in its life. Allowed moves (everything else is ignored):
 ///
@@ -39,6 +39,13 @@ pub struct ServiceStatus {
     /// How it ended, e.g. "exited with code 0".
     pub exit: Option<String>,
     pub failed: bool,
+    /// `None` for a service without a probe.
+    pub health: Option<Health>,
+    /// Consecutive probe failures that counted.
+    pub failures: u32,
+    pub restarts: u32,
+    #[serde(skip)]
+    pub last_probe: Option<LastProbe>,
 }
 
 impl Svc {
@@ -71,6 +78,10 @@ impl Svc {
             uptime_ms: uptime.map(|d| d.as_millis() as u64),
             exit: self.exit.map(|e| e.to_string()),
             failed: self.failed,
+            health: self.health.health,
+            failures: self.health.failures,
+            restarts: self.restarts,
+            last_probe: self.health.last.clone(),
         }
     }
 }

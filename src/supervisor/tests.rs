@@ -21,6 +21,7 @@ fn pg_spec(budget: Duration) -> Spec {
         needs_ready: true,
         reload_signal: Some(Signal::SIGHUP),
         forward_signals: false,
+        health: None,
     }
 }
 
@@ -38,6 +39,7 @@ fn app_spec(budget: Duration) -> Spec {
         needs_ready: false,
         reload_signal: None,
         forward_signals: true,
+        health: None,
     }
 }
 
@@ -362,4 +364,96 @@ fn status_reports_phases() {
     assert!(st[PG].ready);
     assert_eq!(st[APP].pid, Some(20));
     assert_eq!(st[APP].uptime, Some(599 * MS));
+}
+
+fn probe(verdict: Verdict, detail: &str) -> ProbeReport {
+    ProbeReport { verdict, detail: detail.into(), latency: MS }
+}
+
+fn with_app_probe(on_unhealthy: OnUnhealthy) -> Harness {
+    let b = Duration::from_secs(9);
+    let mut app = app_spec(b);
+    app.health = Some(HealthSpec {
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+        retries: 3,
+        start_period: Duration::from_secs(2),
+        on_unhealthy,
+    });
+    Harness::new(vec![pg_spec(b), app], b)
+}
+
+fn probes_at(h: &Harness, id: Id) -> Vec<Duration> {
+    h.log.iter().filter(|(_, a)| *a == Action::Probe(id)).map(|(t, _)| *t).collect()
+}
+
+#[test]
+fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() {
+    let mut h = with_app_probe(OnUnhealthy::Restart);
+    h.up();
+    assert_eq!(probes_at(&h, APP), vec![401 * MS], "first probe at start");
+    // Failures inside the start period do not count; the cadence is fast until healthy.
+    h.at(402 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "connection refused") });
+    h.run_until(h.t0 + 652 * MS);
+    assert_eq!(probes_at(&h, APP), vec![401 * MS, 652 * MS]);
+    h.at(660 * MS, Event::Probe { id: APP, report: probe(Verdict::Ok, "ok") });
+    assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
+    // Healthy: the next probe comes an interval later.
+    h.run_until(h.t0 + 5660 * MS);
+    assert_eq!(probes_at(&h, APP).last(), Some(&(5660 * MS)));
+    for (i, t) in [5661u64, 10_661, 15_661].into_iter().enumerate() {
+        h.run_until(h.t0 + Duration::from_millis(t - 1));
+        h.at(Duration::from_millis(t), Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+        assert_eq!(h.sup.health(APP).1, i as u32 + 1);
+    }
+    assert_eq!(h.sup.health(APP).0, Some(Health::Unhealthy));
+    assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(15_661 * MS));
+    assert!(!h.actions().contains(&sig(PG, Signal::SIGINT)), "only the app restarts");
+    let starts = |h: &Harness| h.actions().iter().filter(|a| **a == Action::Start(APP)).count();
+    assert_eq!(starts(&h), 1);
+    h.at(15_700 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    assert_eq!(starts(&h), 2, "started again at once: {:?}", h.log);
+    assert_eq!(h.exit_code(), None, "the container keeps running");
+    assert_eq!(h.sup.status(h.now)[APP].restarts, 1);
+}
+
+#[test]
+fn unhealthy_with_report_policy_only_reports() {
+    let mut h = with_app_probe(OnUnhealthy::Report);
+    h.up();
+    h.at(3000 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+    h.at(3001 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+    h.at(3002 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+    assert_eq!(h.sup.health(APP), (Some(Health::Unhealthy), 3));
+    assert!(!h.actions().iter().any(|a| matches!(a, Action::Signal { .. })));
+    h.at(3003 * MS, Event::Probe { id: APP, report: probe(Verdict::Ok, "ok") });
+    assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
+}
+
+#[test]
+fn starting_answers_never_count_as_failures() {
+    let mut h = with_app_probe(OnUnhealthy::Restart);
+    h.up();
+    for t in 3000..3010 {
+        h.at(t * MS, Event::Probe { id: APP, report: probe(Verdict::Starting, "starting up") });
+    }
+    assert_eq!(h.sup.health(APP), (Some(Health::Starting), 0));
+}
+
+#[test]
+fn a_restart_cut_short_by_sigterm_stays_stopped_within_the_budget() {
+    let mut h = with_app_probe(OnUnhealthy::Restart);
+    h.up();
+    for t in 3000..3003 {
+        h.at(t * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+    }
+    assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(3002 * MS));
+    h.at(3100 * MS, Event::Signal(Signal::SIGTERM));
+    h.run_until(h.t0 + 8600 * MS);
+    // Budget from 3.1 s: app killed by 3.1 + 9 - 3 - 0.5 = 8.6 s, not 3.0 + 9.
+    assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(8600 * MS));
+    h.at(8600 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    let starts = h.actions().iter().filter(|a| **a == Action::Start(APP)).count();
+    assert_eq!(starts, 1, "not started again");
+    assert!(probes_at(&h, APP).iter().all(|t| *t < 3100 * MS));
 }
