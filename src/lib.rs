@@ -8,6 +8,8 @@
 //! - [`logs`]: child output prefixed per service, and tandem's own events.
 
 pub mod config;
+pub mod control;
+pub mod health;
 pub mod logs;
 pub mod postgres;
 pub mod runtime;

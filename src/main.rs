@@ -37,7 +37,11 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// The app to run (same as `tandem run -- CMD...`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     cmd: Vec<OsString>,
 }
 
@@ -45,12 +49,20 @@ struct Cli {
 enum Command {
     /// Supervise the embedded PostgreSQL and CMD until stopped (the default).
     Run {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         cmd: Vec<OsString>,
     },
     /// Print what would run, in which order, and how it would stop; start nothing.
     Check {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         cmd: Vec<OsString>,
     },
 }
@@ -117,7 +129,10 @@ fn run(cmd: Vec<OsString>) -> i32 {
             return e.code;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the event loop: {e}")),
     };

@@ -46,7 +46,9 @@ pub fn from_env(
     let want_postgres = match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
         "on" | "1" | "true" | "yes" => true,
         "off" | "0" | "false" | "no" => false,
-        "auto" => env.keys().any(|k| k.starts_with("POSTGRES_") || k == "PGDATA"),
+        "auto" => env
+            .keys()
+            .any(|k| k.starts_with("POSTGRES_") || k == "PGDATA"),
         other => {
             return Err(format!("TANDEM_POSTGRES={other:?}: use on, off or auto").into());
         }
@@ -75,10 +77,11 @@ pub fn from_env(
     }
 
     if !cmd.is_empty() {
-        let program = resolve_program(&cmd[0], os_env_get(os_env, "PATH")).map_err(|e| PlanError {
-            message: e.to_string(),
-            code: e.exit_code(),
-        })?;
+        let program =
+            resolve_program(&cmd[0], os_env_get(os_env, "PATH")).map_err(|e| PlanError {
+                message: e.to_string(),
+                code: e.exit_code(),
+            })?;
         let user = match var(env, "TANDEM_APP_USER") {
             Some(u) => Some(Identity::lookup(u).map_err(|e| format!("TANDEM_APP_USER: {e}"))?),
             None => None,
@@ -95,7 +98,8 @@ pub fn from_env(
         }
         let mut spec = app_spec(stop_budget, depends_on);
         if let Some(s) = var(env, "TANDEM_APP_STOP_SIGNAL") {
-            spec.stop_ladder[0] = parse_signal(s).map_err(|e| format!("TANDEM_APP_STOP_SIGNAL: {e}"))?;
+            spec.stop_ladder[0] =
+                parse_signal(s).map_err(|e| format!("TANDEM_APP_STOP_SIGNAL: {e}"))?;
         }
         if let Some(s) = var(env, "TANDEM_APP_RELOAD_SIGNAL") {
             spec.reload_signal =
@@ -131,15 +135,22 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let os = map.iter().map(|(k, v)| (k.into(), v.into())).collect();
         (map, os)
     }
 
     fn plan(cmd: &[&str], pairs: &[(&str, &str)]) -> Result<Plan, PlanError> {
         let (map, os) = env(pairs);
-        from_env(cmd.iter().map(OsString::from).collect(), &map, &os, &Reaper::new())
+        from_env(
+            cmd.iter().map(OsString::from).collect(),
+            &map,
+            &os,
+            &Reaper::new(),
+        )
     }
 
     #[test]
@@ -165,10 +176,16 @@ mod tests {
         .unwrap();
         assert_eq!(p.services[0].spec.name, "postgres");
         assert_eq!(p.services[1].spec.depends_on, vec![(0, Condition::Healthy)]);
-        let Launch::Command(c) = &p.services[1].launch else { panic!("app is a command") };
+        let Launch::Command(c) = &p.services[1].launch else {
+            panic!("app is a command")
+        };
         let get = |k: &str| os_env_get(&c.env, k).map(|v| v.to_string_lossy().into_owned());
         assert!(get("DATABASE_URL").unwrap().contains(":6543/"));
-        assert_eq!(get("PGUSER").as_deref(), Some("mine"), "the user's own value wins");
+        assert_eq!(
+            get("PGUSER").as_deref(),
+            Some("mine"),
+            "the user's own value wins"
+        );
         assert_eq!(p.stop_budget.as_secs(), 3);
     }
 
@@ -177,14 +194,29 @@ mod tests {
         let e = plan(&["no-such-cmd-tandem"], &[("PATH", "/usr/bin")]).unwrap_err();
         assert_eq!(e.code, 127);
         assert!(e.message.contains("no-such-cmd-tandem"), "{}", e.message);
-        let e = plan(&["/etc/hostname"], &[]).unwrap_err();
+        let file =
+            std::env::temp_dir().join(format!("tandem-plan-not-exec-{}", std::process::id()));
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        let e = plan(&[file.to_str().unwrap()], &[]).unwrap_err();
+        let _ = std::fs::remove_file(&file);
         assert_eq!(e.code, 126);
-        let e = plan(&["sh"], &[("PATH", "/bin"), ("TANDEM_STOP_TIMEOUT", "soon")]).unwrap_err();
-        assert!(e.message.starts_with("TANDEM_STOP_TIMEOUT"), "{}", e.message);
+        let e = plan(
+            &["sh"],
+            &[("PATH", "/bin"), ("TANDEM_STOP_TIMEOUT", "soon")],
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("TANDEM_STOP_TIMEOUT"),
+            "{}",
+            e.message
+        );
         let e = plan(&[], &[]).unwrap_err();
         assert!(e.message.contains("nothing to run"));
-        let e = plan(&["sh"], &[("PATH", "/bin"), ("TANDEM_APP_RELOAD_SIGNAL", "SIGFOO")])
-            .unwrap_err();
+        let e = plan(
+            &["sh"],
+            &[("PATH", "/bin"), ("TANDEM_APP_RELOAD_SIGNAL", "SIGFOO")],
+        )
+        .unwrap_err();
         assert!(e.message.contains("TANDEM_APP_RELOAD_SIGNAL"));
     }
 

@@ -79,8 +79,11 @@ impl Plan {
             out.push_str(&format!("{}. {}", i + 1, spec.name));
             match &s.launch {
                 Launch::Command(c) => {
-                    let argv: Vec<String> =
-                        c.argv.iter().map(|a| format!("{:?}", a.to_string_lossy())).collect();
+                    let argv: Vec<String> = c
+                        .argv
+                        .iter()
+                        .map(|a| format!("{:?}", a.to_string_lossy()))
+                        .collect();
                     out.push_str(&format!(": [{}]", argv.join(", ")));
                     if let Some(u) = &c.user {
                         out.push_str(&format!(" as {}", u.name));
@@ -109,7 +112,10 @@ impl Plan {
             let ladder: Vec<&str> = spec.stop_ladder.iter().map(|s| s.as_str()).collect();
             out.push_str(&format!("   stops with: {}", ladder.join(" -> ")));
             if !spec.stop_reserve.is_zero() {
-                out.push_str(&format!(" (keeps {} ms of the budget)", spec.stop_reserve.as_millis()));
+                out.push_str(&format!(
+                    " (keeps {} ms of the budget)",
+                    spec.stop_reserve.as_millis()
+                ));
             }
             out.push('\n');
         }
@@ -180,7 +186,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -193,8 +199,13 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         return Signal::try_from(n).map_err(|_| format!("{s:?} is not a signal number"));
     }
     let upper = t.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    name.parse::<Signal>().map_err(|_| format!("{s:?} is not a signal name"))
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("{s:?} is not a signal name"))
 }
 
 /// Looks a variable up, treating an empty value as unset (as the official image does).
@@ -227,8 +238,14 @@ mod tests {
 
     #[test]
     fn postgres_keeps_a_third_of_the_budget_within_bounds() {
-        assert_eq!(postgres_spec(Duration::from_secs(9), false).stop_reserve, Duration::from_secs(3));
-        assert_eq!(postgres_spec(Duration::from_secs(3), false).stop_reserve, Duration::from_secs(1));
+        assert_eq!(
+            postgres_spec(Duration::from_secs(9), false).stop_reserve,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            postgres_spec(Duration::from_secs(3), false).stop_reserve,
+            Duration::from_secs(1)
+        );
         assert_eq!(
             postgres_spec(Duration::from_secs(1), false).stop_reserve,
             Duration::from_millis(500)

@@ -10,7 +10,6 @@
 //! Starting, signalling and reaping the real server belong to the runtime; this module hands
 //! it the command ([`server_command`]) and the app's environment ([`app_env`]).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 pub mod binaries;
@@ -75,7 +74,65 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Where a data directory lives by default; re-exported for the config module.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from(settings::DEFAULT_DATA_DIR)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn app_env_points_at_loopback_and_encodes_names() {
+        let env = HashMap::from([
+            ("POSTGRES_USER".to_string(), "my cool user".to_string()),
+            ("POSTGRES_DB".to_string(), "hive/genie".to_string()),
+            ("PGPORT".to_string(), "6000".to_string()),
+        ]);
+        let s = Settings::from_env(&env).unwrap();
+        let vars = app_env(&s);
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("DATABASE_URL"),
+            Some("postgresql://my%20cool%20user@127.0.0.1:6000/hive%2Fgenie")
+        );
+        assert_eq!(get("PGHOST"), Some("127.0.0.1"));
+        assert_eq!(get("PGPORT"), Some("6000"));
+        assert_eq!(get("PGUSER"), Some("my cool user"));
+        assert_eq!(get("PGDATABASE"), Some("hive/genie"));
+
+        let with_pw = Settings {
+            password: Some("p@ss:w/rd é".into()),
+            ..s
+        };
+        assert_eq!(
+            app_env(&with_pw)[0].1,
+            "postgresql://my%20cool%20user:p%40ss%3Aw%2Frd%20%C3%A9@127.0.0.1:6000/hive%2Fgenie"
+        );
+    }
+
+    #[test]
+    fn server_command_is_postgres_with_data_port_and_socket() {
+        let s = Settings::from_env(&HashMap::from([("PGPORT".to_string(), "6001".to_string())]))
+            .unwrap();
+        let bins = Binaries {
+            dir: "/usr/lib/postgresql/15/bin".into(),
+            version: "15.18".into(),
+            source: "config",
+        };
+        let cmd = server_command(&s, &bins);
+        assert_eq!(cmd.get_program(), "/usr/lib/postgresql/15/bin/postgres");
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-D",
+                "/var/lib/postgresql/data",
+                "-p",
+                "6001",
+                "-k",
+                "/var/run/postgresql"
+            ]
+        );
+    }
 }

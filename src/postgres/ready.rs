@@ -40,7 +40,7 @@ pub async fn wait_ready(settings: &Settings, pid: Pid) -> Result<(), String> {
 }
 
 /// Waits until `postmaster.pid` in `data_dir` says `pid` is ready.
-async fn wait_pid_file(data_dir: &Path, pid: Pid) -> Result<(), String> {
+pub(crate) async fn wait_pid_file(data_dir: &Path, pid: Pid) -> Result<(), String> {
     let pid_file = data_dir.join("postmaster.pid");
     // Watch before the first read, so a change between the two is not lost.
     let watch = Watch::new(data_dir)?;
@@ -125,7 +125,8 @@ async fn round_trip(settings: &Settings) -> bool {
     }
 }
 
-/// Connects over the Unix socket to `dbname` and says goodbye properly.
+/// Connects over the Unix socket to `dbname`; the goodbye (Terminate) is sent in the
+/// background so the caller does not wait for the backend to exit.
 pub(crate) async fn connect(
     settings: &Settings,
     dbname: &str,
@@ -136,7 +137,7 @@ pub(crate) async fn connect(
         .await?;
     // Dropping the client makes the connection send Terminate and finish on its own.
     drop(client);
-    let _ = connection.await;
+    tokio::spawn(connection);
     Ok(())
 }
 

@@ -65,3 +65,9 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs `cmd` through the shared reaper and returns how it ended.
+pub async fn run(cmd: &mut std::process::Command) -> crate::supervisor::Exit {
+    let spawned = reaper().spawn(cmd).unwrap();
+    spawned.exit.await.unwrap()
+}

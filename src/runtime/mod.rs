@@ -40,7 +40,12 @@ struct Running {
 }
 
 /// Runs the plan until the supervisor says exit; returns the exit code.
-pub async fn run(plan: Plan, reaper: Reaper, mut events: mpsc::UnboundedReceiver<Event>, tx: mpsc::UnboundedSender<Event>) -> i32 {
+pub async fn run(
+    plan: Plan,
+    reaper: Reaper,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    tx: mpsc::UnboundedSender<Event>,
+) -> i32 {
     let mut sup = Supervisor::new(plan.specs(), plan.stop_budget);
     let mut running: Vec<Running> = plan
         .services
@@ -95,7 +100,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn start(id: Id, plan: &Arc<Plan>, reaper: &Reaper, tx: &mpsc::UnboundedSender<Event>, run: &Running) {
+fn start(
+    id: Id,
+    plan: &Arc<Plan>,
+    reaper: &Reaper,
+    tx: &mpsc::UnboundedSender<Event>,
+    run: &Running,
+) {
     let name = plan.services[id].spec.name.clone();
     match &plan.services[id].launch {
         Launch::Command(c) => start_command(id, &name, c, reaper, tx),
@@ -105,7 +116,9 @@ fn start(id: Id, plan: &Arc<Plan>, reaper: &Reaper, tx: &mpsc::UnboundedSender<E
             let tx = tx.clone();
             let slot = Arc::clone(&run.init_child);
             tokio::spawn(async move {
-                let Launch::Postgres(pg) = &plan.services[id].launch else { return };
+                let Launch::Postgres(pg) = &plan.services[id].launch else {
+                    return;
+                };
                 start_postgres(id, &name, pg, &reaper, &tx, &slot).await;
             });
         }
@@ -113,7 +126,11 @@ fn start(id: Id, plan: &Arc<Plan>, reaper: &Reaper, tx: &mpsc::UnboundedSender<E
 }
 
 /// Forwards the exit status of `spawned` to the supervisor when the reaper delivers it.
-fn forward_exit(id: Id, exit: tokio::sync::oneshot::Receiver<crate::supervisor::Exit>, tx: &mpsc::UnboundedSender<Event>) {
+fn forward_exit(
+    id: Id,
+    exit: tokio::sync::oneshot::Receiver<crate::supervisor::Exit>,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
     let tx = tx.clone();
     tokio::spawn(async move {
         if let Ok(exit) = exit.await {
@@ -122,7 +139,13 @@ fn forward_exit(id: Id, exit: tokio::sync::oneshot::Receiver<crate::supervisor::
     });
 }
 
-fn start_command(id: Id, name: &str, c: &CommandPlan, reaper: &Reaper, tx: &mpsc::UnboundedSender<Event>) {
+fn start_command(
+    id: Id,
+    name: &str,
+    c: &CommandPlan,
+    reaper: &Reaper,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
     let mut cmd = std::process::Command::new(&c.program);
     if let Some((argv0, rest)) = c.argv.split_first() {
         std::os::unix::process::CommandExt::arg0(&mut cmd, argv0);
@@ -143,7 +166,10 @@ fn start_command(id: Id, name: &str, c: &CommandPlan, reaper: &Reaper, tx: &mpsc
     match reaper.spawn(&mut cmd) {
         Ok(mut spawned) => {
             logs::pump_child(name, &mut spawned.child);
-            let _ = tx.send(Event::Started { id, pid: spawned.pid });
+            let _ = tx.send(Event::Started {
+                id,
+                pid: spawned.pid,
+            });
             forward_exit(id, spawned.exit, tx);
         }
         Err(e) => {
@@ -237,7 +263,9 @@ fn check_port_free(port: u16) -> Result<(), String> {
 /// leader or the whole group once it runs.
 fn send(run: &Running, name: &str, signal: Signal) {
     let result = match run.pid {
-        Some(pid) if run.leader_only && signal != Signal::SIGKILL => nix::sys::signal::kill(pid, signal),
+        Some(pid) if run.leader_only && signal != Signal::SIGKILL => {
+            nix::sys::signal::kill(pid, signal)
+        }
         Some(pid) => process::signal_group(pid, signal),
         None => {
             let init = *run.init_child.lock().unwrap_or_else(|p| p.into_inner());

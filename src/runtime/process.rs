@@ -83,7 +83,9 @@ pub fn prepare(cmd: &mut Command, setup: &ChildSetup) {
         .clone()
         .filter(|i| Uid::effective().is_root() && !i.is_current());
     if let Some(i) = &ident {
-        cmd.env("HOME", &i.home).env("USER", &i.name).env("LOGNAME", &i.name);
+        cmd.env("HOME", &i.home)
+            .env("USER", &i.name)
+            .env("LOGNAME", &i.name);
     }
     // SAFETY: the closure only makes async-signal-safe syscalls (no allocation: the
     // group list was built before fork).
@@ -91,7 +93,8 @@ pub fn prepare(cmd: &mut Command, setup: &ChildSetup) {
         cmd.pre_exec(move || {
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
                 .map_err(io::Error::from)?;
-            nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl).map_err(io::Error::from)?;
+            nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl)
+                .map_err(io::Error::from)?;
             if new_session {
                 nix::unistd::setsid().map_err(io::Error::from)?;
             }
@@ -190,7 +193,9 @@ impl Reaper {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => table.deliver(pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => table.deliver(pid, Exit::Signal(sig as i32)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    table.deliver(pid, Exit::Signal(sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue,
                 Err(Errno::EINTR) => continue,
@@ -243,10 +248,12 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> Result<Path
     };
     let as_path = Path::new(program);
     if program.as_encoded_bytes().contains(&b'/') {
-        return check(as_path).map(|_| as_path.to_path_buf()).map_err(|error| SpawnError {
-            program: as_path.to_path_buf(),
-            error,
-        });
+        return check(as_path)
+            .map(|_| as_path.to_path_buf())
+            .map_err(|error| SpawnError {
+                program: as_path.to_path_buf(),
+                error,
+            });
     }
     let mut denied = None;
     let path_var = path_var
@@ -282,7 +289,10 @@ mod tests {
         assert!(sh.is_absolute());
         let missing = resolve_program(OsStr::new("no-such-program-tandem"), None).unwrap_err();
         assert_eq!(missing.exit_code(), 127);
-        let not_exec = resolve_program(OsStr::new("/etc/hostname"), None).unwrap_err();
+        let file = std::env::temp_dir().join(format!("tandem-not-exec-{}", std::process::id()));
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        let not_exec = resolve_program(file.as_os_str(), None).unwrap_err();
+        let _ = std::fs::remove_file(&file);
         assert_eq!(not_exec.exit_code(), 126);
     }
 }

@@ -99,17 +99,20 @@ impl Supervisor {
     pub(super) fn on_probe(&mut self, id: Id, report: ProbeReport, now: Instant) {
         let in_shutdown = self.shutdown.is_some();
         let svc = &mut self.svcs[id];
-        let Some(spec) = svc.spec.health.clone() else { return };
+        let Some(spec) = svc.spec.health.clone() else {
+            return;
+        };
         if svc.phase != Phase::Running || in_shutdown {
             return;
         }
         let name = svc.spec.name.clone();
         let h = &mut svc.health;
-        h.last = Some(LastProbe { at: now, report: report.clone() });
-        let in_start_period = !h.ever_healthy
-            && svc
-                .started_at
-                .is_some_and(|t| now < t + spec.start_period);
+        h.last = Some(LastProbe {
+            at: now,
+            report: report.clone(),
+        });
+        let in_start_period =
+            !h.ever_healthy && svc.started_at.is_some_and(|t| now < t + spec.start_period);
         match report.verdict {
             Verdict::Ok => {
                 if h.health != Some(Health::Healthy) {
@@ -147,7 +150,13 @@ impl Supervisor {
         }
         let svc = &mut self.svcs[id];
         let h = &mut svc.health;
-        h.due = Some(now + if h.ever_healthy { spec.interval } else { spec.start_interval() });
+        h.due = Some(
+            now + if h.ever_healthy {
+                spec.interval
+            } else {
+                spec.start_interval()
+            },
+        );
         // A service with a probe and no readiness check of its own is ready when healthy.
         if report.verdict == Verdict::Ok && !svc.ready {
             self.on_ready(id, now);

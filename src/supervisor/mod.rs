@@ -15,8 +15,8 @@ use nix::unistd::Pid;
 mod health;
 mod state;
 
-pub use health::{Health, HealthSpec, LastProbe, OnUnhealthy, ProbeReport, Verdict};
 use health::HealthState;
+pub use health::{Health, HealthSpec, LastProbe, OnUnhealthy, ProbeReport, Verdict};
 pub use state::{Phase, ServiceStatus};
 
 /// A service's index in the plan; stable for the life of the supervisor.
@@ -382,7 +382,11 @@ impl Supervisor {
             svc.ready = false;
             svc.stop_began = None;
             svc.exit = None;
-            tracing::info!("{} {exit}; starting it again (restart {})", svc.spec.name, svc.restarts);
+            tracing::info!(
+                "{} {exit}; starting it again (restart {})",
+                svc.spec.name,
+                svc.restarts
+            );
             return;
         }
         if let Some(began) = svc.stop_began {
@@ -416,7 +420,10 @@ impl Supervisor {
                     tracing::info!("received {}; stopping", sig.as_str());
                     self.begin_shutdown(now, None, Some(sig));
                 } else {
-                    tracing::info!("received {} again; skipping to the next stop signal", sig.as_str());
+                    tracing::info!(
+                        "received {} again; skipping to the next stop signal",
+                        sig.as_str()
+                    );
                     self.hurry(now);
                 }
             }
@@ -533,7 +540,11 @@ impl Supervisor {
             Some((now + svc.spec.step_timeout).min(window_end))
         };
         if step > 0 {
-            tracing::info!("{} did not stop in time; sending {}", svc.spec.name, signal.as_str());
+            tracing::info!(
+                "{} did not stop in time; sending {}",
+                svc.spec.name,
+                signal.as_str()
+            );
         }
         if svc.pid.is_some() || svc.phase == Phase::Starting || svc.phase == Phase::Stopping {
             self.actions.push_back(Action::Signal { id, signal });

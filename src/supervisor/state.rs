@@ -51,12 +51,16 @@ pub struct ServiceStatus {
 impl Svc {
     /// Started (or being started) and not yet gone.
     pub(super) fn is_alive(&self) -> bool {
-        matches!(self.phase, Phase::Starting | Phase::Running | Phase::Stopping)
+        matches!(
+            self.phase,
+            Phase::Starting | Phase::Running | Phase::Stopping
+        )
     }
 
     pub(super) fn satisfies(&self, cond: Condition) -> bool {
-        let completed =
-            self.spec.kind == Kind::Oneshot && self.phase == Phase::Done && self.exit.is_some_and(|e| e.success());
+        let completed = self.spec.kind == Kind::Oneshot
+            && self.phase == Phase::Done
+            && self.exit.is_some_and(|e| e.success());
         match cond {
             Condition::Started => self.phase == Phase::Running || completed,
             Condition::Healthy => (self.phase == Phase::Running && self.ready) || completed,

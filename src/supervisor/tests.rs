@@ -105,9 +105,21 @@ impl Harness {
 
     /// Brings postgres and the app up: started at 0, ready at 400 ms, app started at 401.
     fn up(&mut self) {
-        self.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+        self.at(
+            Duration::ZERO,
+            Event::Started {
+                id: PG,
+                pid: Pid::from_raw(10),
+            },
+        );
         self.at(400 * MS, Event::Ready { id: PG });
-        self.at(401 * MS, Event::Started { id: APP, pid: Pid::from_raw(20) });
+        self.at(
+            401 * MS,
+            Event::Started {
+                id: APP,
+                pid: Pid::from_raw(20),
+            },
+        );
     }
 
     fn actions(&self) -> Vec<Action> {
@@ -134,10 +146,20 @@ fn sig(id: Id, signal: Signal) -> Action {
 fn app_starts_only_when_postgres_is_ready() {
     let mut h = Harness::pair();
     assert_eq!(h.actions(), vec![Action::Start(PG)]);
-    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(
+        Duration::ZERO,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
     assert_eq!(h.actions(), vec![Action::Start(PG)], "started is not ready");
     h.at(400 * MS, Event::Ready { id: PG });
-    assert_eq!(h.when(&Action::Start(APP)), Some(400 * MS), "no delay after ready");
+    assert_eq!(
+        h.when(&Action::Start(APP)),
+        Some(400 * MS),
+        "no delay after ready"
+    );
 }
 
 #[test]
@@ -146,10 +168,26 @@ fn sigterm_stops_app_then_postgres_and_exits_with_the_apps_code() {
     h.up();
     h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
     assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(1000 * MS));
-    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), None, "postgres waits for the app");
-    h.at(1050 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    assert_eq!(
+        h.when(&sig(PG, Signal::SIGINT)),
+        None,
+        "postgres waits for the app"
+    );
+    h.at(
+        1050 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(1050 * MS));
-    h.at(1200 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    h.at(
+        1200 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(0));
     assert_eq!(h.sup.next_deadline(), None);
     assert!(!h.actions().contains(&sig(APP, Signal::SIGKILL)));
@@ -163,9 +201,21 @@ fn app_ignoring_sigterm_is_killed_leaving_postgres_its_reserve() {
     h.run_until(h.t0 + 6500 * MS);
     // Budget 9 s from 1.0 s: deadline 10.0 s; postgres keeps 3 s, grace 0.5 s.
     assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(6500 * MS));
-    h.at(6510 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    h.at(
+        6510 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(9),
+        },
+    );
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(6510 * MS));
-    h.at(6700 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    h.at(
+        6700 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(137));
     assert!(!h.actions().contains(&sig(PG, Signal::SIGQUIT)));
 }
@@ -175,7 +225,13 @@ fn postgres_that_will_not_stop_gets_sigquit_then_sigkill_inside_the_budget() {
     let mut h = Harness::pair();
     h.up();
     h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
-    h.at(1100 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    h.at(
+        1100 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(0),
+        },
+    );
     h.run_to_end();
     // Deadline 10.0 s, grace 0.5 s: SIGKILL at 9.5, SIGQUIT 0.75 s before.
     assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(8750 * MS));
@@ -191,7 +247,13 @@ fn a_second_sigterm_skips_to_the_next_signal() {
     h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
     h.at(1200 * MS, Event::Signal(Signal::SIGTERM));
     assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(1200 * MS));
-    h.at(1210 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    h.at(
+        1210 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(9),
+        },
+    );
     h.at(1300 * MS, Event::Signal(Signal::SIGINT));
     assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(1300 * MS));
 }
@@ -209,10 +271,22 @@ fn sigquit_stops_everything_at_once() {
 fn app_exit_stops_postgres_cleanly_and_passes_the_code_on() {
     let mut h = Harness::pair();
     h.up();
-    h.at(2000 * MS, Event::Exited { id: APP, exit: Exit::Code(7) });
+    h.at(
+        2000 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(7),
+        },
+    );
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(2000 * MS));
     assert_eq!(h.exit_code(), None, "not before postgres is down");
-    h.at(2100 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    h.at(
+        2100 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(7));
 }
 
@@ -220,8 +294,20 @@ fn app_exit_stops_postgres_cleanly_and_passes_the_code_on() {
 fn app_killed_by_a_signal_exits_128_plus_n() {
     let mut h = Harness::pair();
     h.up();
-    h.at(2000 * MS, Event::Exited { id: APP, exit: Exit::Signal(6) });
-    h.at(2100 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    h.at(
+        2000 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(6),
+        },
+    );
+    h.at(
+        2100 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(134));
 }
 
@@ -229,9 +315,21 @@ fn app_killed_by_a_signal_exits_128_plus_n() {
 fn postgres_dying_stops_the_app_and_fails_the_container() {
     let mut h = Harness::pair();
     h.up();
-    h.at(2000 * MS, Event::Exited { id: PG, exit: Exit::Signal(9) });
+    h.at(
+        2000 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Signal(9),
+        },
+    );
     assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(2000 * MS));
-    h.at(2050 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    h.at(
+        2050 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
 }
 
@@ -240,19 +338,45 @@ fn postgres_failing_to_start_never_starts_the_app() {
     let mut h = Harness::pair();
     h.at(
         50 * MS,
-        Event::StartFailed { id: PG, reason: "bad".into(), code: EXIT_START_FAILED },
+        Event::StartFailed {
+            id: PG,
+            reason: "bad".into(),
+            code: EXIT_START_FAILED,
+        },
     );
-    assert_eq!(h.actions(), vec![Action::Start(PG), Action::Exit { code: 1 }]);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Start(PG), Action::Exit { code: 1 }]
+    );
 }
 
 #[test]
 fn app_that_cannot_be_executed_exits_127_after_postgres_stops() {
     let mut h = Harness::pair();
-    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(
+        Duration::ZERO,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
     h.at(400 * MS, Event::Ready { id: PG });
-    h.at(400 * MS, Event::StartFailed { id: APP, reason: "not found".into(), code: 127 });
+    h.at(
+        400 * MS,
+        Event::StartFailed {
+            id: APP,
+            reason: "not found".into(),
+            code: 127,
+        },
+    );
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(400 * MS));
-    h.at(500 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    h.at(
+        500 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(127));
 }
 
@@ -261,7 +385,14 @@ fn sigterm_during_postgres_initialisation_reaches_it_and_exits_143() {
     let mut h = Harness::pair();
     h.at(300 * MS, Event::Signal(Signal::SIGTERM));
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(300 * MS));
-    h.at(350 * MS, Event::StartFailed { id: PG, reason: "interrupted".into(), code: 1 });
+    h.at(
+        350 * MS,
+        Event::StartFailed {
+            id: PG,
+            reason: "interrupted".into(),
+            code: 1,
+        },
+    );
     assert_eq!(h.exit_code(), Some(143));
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
@@ -270,9 +401,24 @@ fn sigterm_during_postgres_initialisation_reaches_it_and_exits_143() {
 fn postgres_started_after_the_stop_began_gets_the_stop_signal() {
     let mut h = Harness::pair();
     h.at(300 * MS, Event::Signal(Signal::SIGTERM));
-    h.at(900 * MS, Event::Started { id: PG, pid: Pid::from_raw(10) });
-    let ints: Vec<_> = h.log.iter().filter(|(_, a)| *a == sig(PG, Signal::SIGINT)).collect();
-    assert_eq!(ints.len(), 2, "once to the set-up, once to the server: {:?}", h.log);
+    h.at(
+        900 * MS,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    let ints: Vec<_> = h
+        .log
+        .iter()
+        .filter(|(_, a)| *a == sig(PG, Signal::SIGINT))
+        .collect();
+    assert_eq!(
+        ints.len(),
+        2,
+        "once to the set-up, once to the server: {:?}",
+        h.log
+    );
 }
 
 #[test]
@@ -281,7 +427,10 @@ fn sighup_reloads_postgres_and_only_apps_that_asked_for_it() {
     h.up();
     h.at(1000 * MS, Event::Signal(Signal::SIGHUP));
     assert_eq!(h.when(&sig(PG, Signal::SIGHUP)), Some(1000 * MS));
-    assert!(!h.actions().iter().any(|a| matches!(a, Action::Signal { id: APP, .. })));
+    assert!(!h
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Signal { id: APP, .. })));
 
     let b = Duration::from_secs(9);
     let mut app = app_spec(b);
@@ -302,7 +451,13 @@ fn user_signals_are_forwarded_to_the_app_only() {
         assert_eq!(h.when(&sig(PG, s)), None);
     }
     h.at(1000 * MS, Event::Signal(Signal::SIGTSTP));
-    assert!(!h.actions().iter().any(|a| matches!(a, Action::Signal { signal: Signal::SIGTSTP, .. })));
+    assert!(!h.actions().iter().any(|a| matches!(
+        a,
+        Action::Signal {
+            signal: Signal::SIGTSTP,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -317,21 +472,63 @@ fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
     let specs = vec![pg_spec(b), app.clone(), migrate.clone()];
 
     let mut h = Harness::new(specs.clone(), b);
-    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(
+        Duration::ZERO,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
     h.at(100 * MS, Event::Ready { id: PG });
     assert_eq!(h.when(&Action::Start(2)), Some(100 * MS));
-    h.at(150 * MS, Event::Started { id: 2, pid: Pid::from_raw(30) });
+    h.at(
+        150 * MS,
+        Event::Started {
+            id: 2,
+            pid: Pid::from_raw(30),
+        },
+    );
     assert_eq!(h.when(&Action::Start(APP)), None);
-    h.at(700 * MS, Event::Exited { id: 2, exit: Exit::Code(0) });
+    h.at(
+        700 * MS,
+        Event::Exited {
+            id: 2,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.when(&Action::Start(APP)), Some(700 * MS));
 
     let mut h = Harness::new(specs, b);
-    h.at(Duration::ZERO, Event::Started { id: PG, pid: Pid::from_raw(10) });
+    h.at(
+        Duration::ZERO,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
     h.at(100 * MS, Event::Ready { id: PG });
-    h.at(150 * MS, Event::Started { id: 2, pid: Pid::from_raw(30) });
-    h.at(700 * MS, Event::Exited { id: 2, exit: Exit::Code(2) });
+    h.at(
+        150 * MS,
+        Event::Started {
+            id: 2,
+            pid: Pid::from_raw(30),
+        },
+    );
+    h.at(
+        700 * MS,
+        Event::Exited {
+            id: 2,
+            exit: Exit::Code(2),
+        },
+    );
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(700 * MS));
-    h.at(800 * MS, Event::Exited { id: PG, exit: Exit::Code(0) });
+    h.at(
+        800 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
@@ -348,7 +545,13 @@ fn short_budget_still_leaves_postgres_its_fast_shutdown() {
     h.run_until(h.t0 + 2700 * MS);
     // Deadline 4.0 s; grace 0.3 s; reserve 1 s: app killed at 2.7 s.
     assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(2700 * MS));
-    h.at(2700 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
+    h.at(
+        2700 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(9),
+        },
+    );
     h.run_to_end();
     assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(2700 * MS));
     assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(3450 * MS));
@@ -367,7 +570,11 @@ fn status_reports_phases() {
 }
 
 fn probe(verdict: Verdict, detail: &str) -> ProbeReport {
-    ProbeReport { verdict, detail: detail.into(), latency: MS }
+    ProbeReport {
+        verdict,
+        detail: detail.into(),
+        latency: MS,
+    }
 }
 
 fn with_app_probe(on_unhealthy: OnUnhealthy) -> Harness {
@@ -384,7 +591,11 @@ fn with_app_probe(on_unhealthy: OnUnhealthy) -> Harness {
 }
 
 fn probes_at(h: &Harness, id: Id) -> Vec<Duration> {
-    h.log.iter().filter(|(_, a)| *a == Action::Probe(id)).map(|(t, _)| *t).collect()
+    h.log
+        .iter()
+        .filter(|(_, a)| *a == Action::Probe(id))
+        .map(|(t, _)| *t)
+        .collect()
 }
 
 #[test]
@@ -393,25 +604,57 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
     h.up();
     assert_eq!(probes_at(&h, APP), vec![401 * MS], "first probe at start");
     // Failures inside the start period do not count; the cadence is fast until healthy.
-    h.at(402 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "connection refused") });
+    h.at(
+        402 * MS,
+        Event::Probe {
+            id: APP,
+            report: probe(Verdict::Fail, "connection refused"),
+        },
+    );
     h.run_until(h.t0 + 652 * MS);
     assert_eq!(probes_at(&h, APP), vec![401 * MS, 652 * MS]);
-    h.at(660 * MS, Event::Probe { id: APP, report: probe(Verdict::Ok, "ok") });
+    h.at(
+        660 * MS,
+        Event::Probe {
+            id: APP,
+            report: probe(Verdict::Ok, "ok"),
+        },
+    );
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
     // Healthy: the next probe comes an interval later.
     h.run_until(h.t0 + 5660 * MS);
     assert_eq!(probes_at(&h, APP).last(), Some(&(5660 * MS)));
     for (i, t) in [5661u64, 10_661, 15_661].into_iter().enumerate() {
         h.run_until(h.t0 + Duration::from_millis(t - 1));
-        h.at(Duration::from_millis(t), Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+        h.at(
+            Duration::from_millis(t),
+            Event::Probe {
+                id: APP,
+                report: probe(Verdict::Fail, "http 503"),
+            },
+        );
         assert_eq!(h.sup.health(APP).1, i as u32 + 1);
     }
     assert_eq!(h.sup.health(APP).0, Some(Health::Unhealthy));
     assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(15_661 * MS));
-    assert!(!h.actions().contains(&sig(PG, Signal::SIGINT)), "only the app restarts");
-    let starts = |h: &Harness| h.actions().iter().filter(|a| **a == Action::Start(APP)).count();
+    assert!(
+        !h.actions().contains(&sig(PG, Signal::SIGINT)),
+        "only the app restarts"
+    );
+    let starts = |h: &Harness| {
+        h.actions()
+            .iter()
+            .filter(|a| **a == Action::Start(APP))
+            .count()
+    };
     assert_eq!(starts(&h), 1);
-    h.at(15_700 * MS, Event::Exited { id: APP, exit: Exit::Code(0) });
+    h.at(
+        15_700 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(0),
+        },
+    );
     assert_eq!(starts(&h), 2, "started again at once: {:?}", h.log);
     assert_eq!(h.exit_code(), None, "the container keeps running");
     assert_eq!(h.sup.status(h.now)[APP].restarts, 1);
@@ -421,12 +664,39 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
 fn unhealthy_with_report_policy_only_reports() {
     let mut h = with_app_probe(OnUnhealthy::Report);
     h.up();
-    h.at(3000 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
-    h.at(3001 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
-    h.at(3002 * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+    h.at(
+        3000 * MS,
+        Event::Probe {
+            id: APP,
+            report: probe(Verdict::Fail, "http 503"),
+        },
+    );
+    h.at(
+        3001 * MS,
+        Event::Probe {
+            id: APP,
+            report: probe(Verdict::Fail, "http 503"),
+        },
+    );
+    h.at(
+        3002 * MS,
+        Event::Probe {
+            id: APP,
+            report: probe(Verdict::Fail, "http 503"),
+        },
+    );
     assert_eq!(h.sup.health(APP), (Some(Health::Unhealthy), 3));
-    assert!(!h.actions().iter().any(|a| matches!(a, Action::Signal { .. })));
-    h.at(3003 * MS, Event::Probe { id: APP, report: probe(Verdict::Ok, "ok") });
+    assert!(!h
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Signal { .. })));
+    h.at(
+        3003 * MS,
+        Event::Probe {
+            id: APP,
+            report: probe(Verdict::Ok, "ok"),
+        },
+    );
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
 }
 
@@ -435,7 +705,13 @@ fn starting_answers_never_count_as_failures() {
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     for t in 3000..3010 {
-        h.at(t * MS, Event::Probe { id: APP, report: probe(Verdict::Starting, "starting up") });
+        h.at(
+            t * MS,
+            Event::Probe {
+                id: APP,
+                report: probe(Verdict::Starting, "starting up"),
+            },
+        );
     }
     assert_eq!(h.sup.health(APP), (Some(Health::Starting), 0));
 }
@@ -445,15 +721,31 @@ fn a_restart_cut_short_by_sigterm_stays_stopped_within_the_budget() {
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     for t in 3000..3003 {
-        h.at(t * MS, Event::Probe { id: APP, report: probe(Verdict::Fail, "http 503") });
+        h.at(
+            t * MS,
+            Event::Probe {
+                id: APP,
+                report: probe(Verdict::Fail, "http 503"),
+            },
+        );
     }
     assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(3002 * MS));
     h.at(3100 * MS, Event::Signal(Signal::SIGTERM));
     h.run_until(h.t0 + 8600 * MS);
     // Budget from 3.1 s: app killed by 3.1 + 9 - 3 - 0.5 = 8.6 s, not 3.0 + 9.
     assert_eq!(h.when(&sig(APP, Signal::SIGKILL)), Some(8600 * MS));
-    h.at(8600 * MS, Event::Exited { id: APP, exit: Exit::Signal(9) });
-    let starts = h.actions().iter().filter(|a| **a == Action::Start(APP)).count();
+    h.at(
+        8600 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(9),
+        },
+    );
+    let starts = h
+        .actions()
+        .iter()
+        .filter(|a| **a == Action::Start(APP))
+        .count();
     assert_eq!(starts, 1, "not started again");
     assert!(probes_at(&h, APP).iter().all(|t| *t < 3100 * MS));
 }

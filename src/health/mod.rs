@@ -1,0 +1,478 @@
+//! Probes: is a service doing its job right now?
+//!
+//! Four kinds, each answering with an [`Outcome`] and its latency:
+//! - `postgres`: a real connection as the configured user and `SELECT 1` (a wrong password
+//!   fails, where `pg_isready` would say OK); SQLSTATE 57P03 is "starting", not a failure.
+//! - `http`: GET, healthy on 2xx, redirects not followed, body not read.
+//! - `tcp`: the connection is accepted.
+//! - `exec`: a command exits 0. It is spawned through the [`Reaper`] in its own session, and
+//!   its whole process group is SIGKILLed when it ends, times out, or the probe is dropped.
+//!
+//! [`Prober::run`] enforces the timeout around every kind, so a probe never takes longer
+//! than asked. Failure details are a few words meant for one line of `tandem healthcheck`.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::error::SqlState;
+
+use crate::runtime::process::{self, ChildSetup, Identity, Reaper};
+use crate::supervisor::Exit;
+
+/// What to check, and how.
+#[derive(Clone)]
+pub enum Probe {
+    /// A real connection as `user` to `database` and `SELECT 1`. `host` is a name or address
+    /// such as "127.0.0.1", or an absolute path: the directory of the server's Unix socket.
+    Postgres {
+        host: String,
+        port: u16,
+        user: String,
+        password: Option<String>,
+        database: String,
+    },
+    /// GET; healthy on 2xx; redirects are not followed; the body is ignored.
+    Http { url: String },
+    /// A TCP connection to "host:port" is accepted.
+    Tcp { addr: String },
+    /// The command exits 0. `env` is its whole environment (nothing is inherited), as for
+    /// services; `user` as for services (applied only when tandem is root).
+    Exec {
+        argv: Vec<OsString>,
+        env: Vec<(OsString, OsString)>,
+        user: Option<Identity>,
+    },
+}
+
+impl Probe {
+    /// The probe's kind as the config spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Postgres { .. } => "postgres",
+            Probe::Http { .. } => "http",
+            Probe::Tcp { .. } => "tcp",
+            Probe::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// By hand, so that the password never reaches a log line.
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Postgres {
+                host,
+                port,
+                user,
+                password,
+                database,
+            } => f
+                .debug_struct("Postgres")
+                .field("host", host)
+                .field("port", port)
+                .field("user", user)
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .field("database", database)
+                .finish(),
+            Probe::Http { url } => f.debug_struct("Http").field("url", url).finish(),
+            Probe::Tcp { addr } => f.debug_struct("Tcp").field("addr", addr).finish(),
+            Probe::Exec { argv, env, user } => f
+                .debug_struct("Exec")
+                .field("argv", argv)
+                // Values may be secrets (DATABASE_URL holds a password): names only.
+                .field("env", &env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .field("user", &user.as_ref().map(|u| &u.name))
+                .finish(),
+        }
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    /// Not ready yet, and saying so (PostgreSQL's 57P03); the detail is a few words.
+    Starting(String),
+    /// Not working; the detail is a few words ("http 503", "connection refused").
+    Fail(String),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+
+    /// "ok", or the detail of a starting or failed probe.
+    pub fn detail(&self) -> &str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Starting(d) | Outcome::Fail(d) => d,
+        }
+    }
+}
+
+/// An outcome and how long the probe took to reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub outcome: Outcome,
+    pub latency: Duration,
+}
+
+impl ProbeResult {
+    /// A few words for a person: "ok 1.2ms", "http 503", "starting up".
+    pub fn summary(&self) -> String {
+        match &self.outcome {
+            Outcome::Ok => format!("ok {}", format_latency(self.latency)),
+            other => other.detail().to_string(),
+        }
+    }
+}
+
+/// A latency the way the one-line report shows it: "0.9ms", "12ms", "2.1s".
+pub fn format_latency(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1}ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{:.1}s", ms / 1000.0)
+    }
+}
+
+/// How much of an exec probe's output we keep to explain a failure: its last line.
+const EXEC_OUTPUT_TAIL: usize = 512;
+/// The longest explanation taken from an exec probe's output, in characters.
+const EXEC_DETAIL_MAX: usize = 100;
+
+/// Runs probes. Cheap to clone: the HTTP client (and its connector) is built once.
+#[derive(Clone)]
+pub struct Prober {
+    reaper: Reaper,
+    http: reqwest::Client,
+}
+
+impl Prober {
+    pub fn new(reaper: Reaper) -> Result<Prober, String> {
+        let http = reqwest::Client::builder()
+            // A 302 to a login page is not a healthy app.
+            .redirect(reqwest::redirect::Policy::none())
+            // HTTP_PROXY in the container is meant for the app's outbound traffic, not for
+            // reaching the app itself over loopback.
+            .no_proxy()
+            // Every probe opens a fresh connection, as a new client would: a pooled one
+            // could hide an app that no longer accepts connections.
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!(
+                "tandem/",
+                env!("CARGO_PKG_VERSION"),
+                " healthcheck"
+            ))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client for probes: {e}"))?;
+        Ok(Prober { reaper, http })
+    }
+
+    /// Runs `probe` once. Never takes much longer than `timeout`: when it runs out, the
+    /// probe is abandoned (its connection closed, its process group killed) and reported as
+    /// `Fail("timed out after N ms")`.
+    pub async fn run(&self, probe: &Probe, timeout: Duration) -> ProbeResult {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(timeout, self.outcome(probe, timeout)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Fail(format!("timed out after {} ms", timeout.as_millis())),
+        };
+        ProbeResult {
+            outcome,
+            latency: started.elapsed(),
+        }
+    }
+
+    async fn outcome(&self, probe: &Probe, timeout: Duration) -> Outcome {
+        match probe {
+            Probe::Postgres {
+                host,
+                port,
+                user,
+                password,
+                database,
+            } => postgres(host, *port, user, password.as_deref(), database, timeout).await,
+            Probe::Http { url } => self.http(url).await,
+            Probe::Tcp { addr } => match tokio::net::TcpStream::connect(addr.as_str()).await {
+                Ok(_) => Outcome::Ok,
+                Err(e) => Outcome::Fail(io_detail(&e)),
+            },
+            Probe::Exec { argv, env, user } => self.exec(argv, env, user.as_ref()).await,
+        }
+    }
+
+    async fn http(&self, url: &str) -> Outcome {
+        match self.http.get(url).send().await {
+            Ok(resp) if resp.status().is_success() => Outcome::Ok,
+            Ok(resp) => Outcome::Fail(format!("http {}", resp.status().as_u16())),
+            Err(e) if e.is_builder() => Outcome::Fail(format!("bad url: {}", innermost(&e))),
+            Err(e) => Outcome::Fail(match find_io(&e) {
+                Some(io) => io_detail(io),
+                None => innermost(&e),
+            }),
+        }
+    }
+
+    async fn exec(
+        &self,
+        argv: &[OsString],
+        env: &[(OsString, OsString)],
+        user: Option<&Identity>,
+    ) -> Outcome {
+        let Some((program, args)) = argv.split_first() else {
+            return Outcome::Fail("empty command".into());
+        };
+        // One pipe for stdout and stderr, read for the last line to explain a failure.
+        // CLOEXEC on both ends: children spawned concurrently must not inherit them.
+        let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Fail(format!("cannot create a pipe: {e}")),
+        };
+        let writer2 = match writer.try_clone() {
+            Ok(w) => w,
+            Err(e) => return Outcome::Fail(format!("cannot create a pipe: {e}")),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(writer2));
+        process::prepare(
+            &mut cmd,
+            &ChildSetup {
+                identity: user.cloned(),
+                new_session: true,
+            },
+        );
+        let spawned = self.reaper.spawn(&mut cmd);
+        // Our copies of the write end go with the Command.
+        drop(cmd);
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => return Outcome::Fail(e.to_string()),
+        };
+        // From here on, however this future ends (done, timed out, dropped), nothing of the
+        // probe survives: the guard SIGKILLs its process group, the reaper collects it.
+        let _group = KillGroup(spawned.pid);
+        let mut tail = Tail::default();
+        let exit = tail.read_until_exit(reader, spawned.exit).await;
+        match exit {
+            Some(Exit::Code(0)) => Outcome::Ok,
+            Some(Exit::Code(c)) => Outcome::Fail(tail.explain(format!("exit code {c}"))),
+            Some(Exit::Signal(s)) => Outcome::Fail(format!(
+                "killed by {}",
+                Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |s| s.as_str().into())
+            )),
+            None => Outcome::Fail("lost track of the probe command".into()),
+        }
+    }
+}
+
+/// SIGKILLs a probe's process group when dropped. The group is the child's own session,
+/// made before `exec`; a group id is not reused while any member lives, and once the group
+/// is empty `kill` only says ESRCH.
+struct KillGroup(Pid);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(-self.0.as_raw()), Signal::SIGKILL);
+    }
+}
+
+/// The last bytes an exec probe wrote.
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+        if self.0.len() > EXEC_OUTPUT_TAIL {
+            let cut = self.0.len() - EXEC_OUTPUT_TAIL;
+            self.0.drain(..cut);
+        }
+    }
+
+    /// Reads the output until the child exits, then what is left in the pipe without
+    /// waiting: a background process of the probe may hold the pipe open forever.
+    async fn read_until_exit(
+        &mut self,
+        reader: OwnedFd,
+        mut exit: tokio::sync::oneshot::Receiver<Exit>,
+    ) -> Option<Exit> {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader) else {
+            // Without the output we can still tell the exit status.
+            return exit.await.ok();
+        };
+        let mut buf = [0u8; 1024];
+        let mut open = true;
+        let exit = loop {
+            tokio::select! {
+                e = &mut exit => break e.ok(),
+                n = pipe.read(&mut buf), if open => match n {
+                    Ok(0) | Err(_) => open = false,
+                    Ok(n) => self.push(&buf[..n]),
+                },
+            }
+        };
+        while open {
+            match pipe.try_read(&mut buf) {
+                Ok(n) if n > 0 => self.push(&buf[..n]),
+                _ => open = false,
+            }
+        }
+        exit
+    }
+
+    /// `what`, followed by the last non-empty line of output when there is one.
+    fn explain(&self, what: String) -> String {
+        let text = String::from_utf8_lossy(&self.0);
+        match text.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+            Some(line) if line.chars().count() > EXEC_DETAIL_MAX => {
+                let short: String = line.chars().take(EXEC_DETAIL_MAX).collect();
+                format!("{what}: {short}…")
+            }
+            Some(line) => format!("{what}: {line}"),
+            None => what,
+        }
+    }
+}
+
+/// Connects, runs `SELECT 1`, and says goodbye properly.
+async fn postgres(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    database: &str,
+    timeout: Duration,
+) -> Outcome {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(user)
+        .dbname(database)
+        .application_name("tandem healthcheck")
+        .connect_timeout(timeout);
+    if let Some(pw) = password {
+        config.password(pw);
+    }
+    let (client, connection) = match config.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => return postgres_failure(&e, host, port),
+    };
+    // The connection is driven here rather than spawned, so a timeout that drops this
+    // future closes the socket too.
+    tokio::pin!(connection);
+    let mut closed = false;
+    let outcome = tokio::select! {
+        r = client.simple_query("SELECT 1") => match r {
+            Ok(_) => Outcome::Ok,
+            Err(e) => postgres_failure(&e, host, port),
+        },
+        r = &mut connection => {
+            closed = true;
+            match r {
+                Ok(()) => Outcome::Fail("the server closed the connection".into()),
+                Err(e) => postgres_failure(&e, host, port),
+            }
+        }
+    };
+    // Dropping the client makes the connection send Terminate and finish.
+    drop(client);
+    if !closed {
+        let _ = connection.await;
+    }
+    outcome
+}
+
+/// The server's own message for a database error, else the socket error in a few words.
+fn postgres_failure(e: &tokio_postgres::Error, host: &str, port: u16) -> Outcome {
+    if let Some(db) = e.as_db_error() {
+        return classify_db_error(db.code(), db.message());
+    }
+    match find_io(e) {
+        Some(io) if io.kind() == io::ErrorKind::NotFound && host.starts_with('/') => {
+            Outcome::Fail(format!("no socket at {host}/.s.PGSQL.{port}"))
+        }
+        Some(io) => Outcome::Fail(io_detail(io)),
+        // "invalid configuration" says less than its cause, "password missing".
+        None => Outcome::Fail(innermost(e)),
+    }
+}
+
+/// 57P03 (cannot connect now) is the server saying it is not ready yet: starting up, in
+/// recovery, or a standby not accepting connections. Shutting down is the same code but
+/// the opposite direction, so it is a failure. Everything else is the server's message.
+fn classify_db_error(code: &SqlState, message: &str) -> Outcome {
+    if *code != SqlState::CANNOT_CONNECT_NOW {
+        return Outcome::Fail(message.to_string());
+    }
+    let short = message
+        .strip_prefix("the database system is ")
+        .unwrap_or(message)
+        .to_string();
+    if short.starts_with("shutting down") {
+        Outcome::Fail(short)
+    } else {
+        Outcome::Starting(short)
+    }
+}
+
+/// The first `io::Error` in an error's chain of sources.
+fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The deepest cause's message: the outer layers of reqwest/hyper errors only say "error
+/// sending request".
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The OS's words for an I/O error, without the "(os error N)" suffix and in lower case:
+/// "connection refused", "network is unreachable".
+fn io_detail(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::TimedOut {
+        return "timed out".into();
+    }
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
