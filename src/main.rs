@@ -2,10 +2,13 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tandem::config;
+use tandem::control::{self, HealthReport, Request, Response};
 use tandem::runtime::{self, process::Reaper};
 
 const AFTER_HELP: &str = "\
@@ -65,6 +68,25 @@ enum Command {
         )]
         cmd: Vec<OsString>,
     },
+    /// Ask the running tandem to probe every service now; one line, exit 0 if healthy, 1 if
+    /// not (Docker's HEALTHCHECK contract).
+    Healthcheck {
+        /// Run the probes here, from the environment, without asking the running tandem.
+        #[arg(long)]
+        direct: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this long (e.g. 10s, 500ms).
+        #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
+        timeout: Duration,
+    },
+    /// Show the running tandem's services: state, health, pid, uptime, restarts, last probe.
+    Status {
+        /// Print the table as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +96,17 @@ fn main() -> ExitCode {
         None => run(cli.cmd),
         Some(Command::Run { cmd }) => run(cmd),
         Some(Command::Check { cmd }) => check(cmd),
+        Some(Command::Healthcheck {
+            direct: false,
+            json,
+            timeout,
+        }) => healthcheck(json, timeout),
+        Some(Command::Healthcheck {
+            direct: true,
+            json,
+            timeout,
+        }) => healthcheck_direct(json, timeout),
+        Some(Command::Status { json }) => status(json),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -137,6 +170,116 @@ fn run(cmd: Vec<OsString>) -> i32 {
         Err(e) => return fail(&format!("cannot start the event loop: {e}")),
     };
     rt.block_on(runtime::run(plan, reaper, rx, tx))
+}
+
+/// Where the running tandem listens (`TANDEM_SOCKET`).
+fn socket_path() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("TANDEM_SOCKET")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| config::DEFAULT_SOCKET.into()),
+    )
+}
+
+/// Prints a health report as one line (or JSON); 0 when healthy, 1 otherwise.
+fn report_health(report: &HealthReport, json: bool) -> i32 {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+    } else {
+        println!("{}", report.line());
+    }
+    i32::from(!report.healthy)
+}
+
+/// Anything but a health report means unhealthy, with the reason on the one line.
+fn unhealthy(reason: &str, json: bool) -> i32 {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "healthy": false, "error": reason })
+        );
+    } else {
+        println!("unhealthy: {reason}");
+    }
+    1
+}
+
+fn healthcheck(json: bool, timeout: Duration) -> i32 {
+    match control::request(&socket_path(), Request::Health, timeout) {
+        Ok(Response::Health(report)) => report_health(&report, json),
+        Ok(Response::Error { message }) => unhealthy(&message, json),
+        Ok(_) => unhealthy("unexpected answer from tandem", json),
+        Err(e) => unhealthy(&e, json),
+    }
+}
+
+/// The same probes as a running tandem, run here: for debugging, and where the running
+/// tandem's socket is out of reach.
+fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
+    let (env, _) = environment();
+    let probes = match config::direct_probes(&env) {
+        Ok(p) if p.is_empty() => {
+            return unhealthy(
+                "nothing to probe: set POSTGRES_* or TANDEM_APP_HEALTH_URL",
+                json,
+            )
+        }
+        Ok(p) => p,
+        Err(e) => return unhealthy(&e, json),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return unhealthy(&format!("cannot start the event loop: {e}"), json),
+    };
+    let results = rt.block_on(async {
+        let prober = tandem::health::Prober::new(Reaper::new())?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (_, probe, probe_timeout)) in probes.iter().enumerate() {
+            let (probe, prober, t) = (probe.clone(), prober.clone(), (*probe_timeout).min(timeout));
+            tasks.spawn(async move { (i, prober.run(&probe, t).await) });
+        }
+        let mut results = vec![None; probes.len()];
+        while let Some(Ok((i, r))) = tasks.join_next().await {
+            results[i] = Some(r);
+        }
+        Ok::<_, String>(results)
+    });
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => return unhealthy(&e, json),
+    };
+    let services: Vec<control::ServiceHealth> = probes
+        .iter()
+        .zip(results)
+        .map(|((name, probe, _), r)| control::ServiceHealth::from_probe(name, probe.kind(), r))
+        .collect();
+    let report = HealthReport {
+        healthy: services.iter().all(|s| s.healthy),
+        services,
+    };
+    report_health(&report, json)
+}
+
+fn status(json: bool) -> i32 {
+    let answer = control::request(&socket_path(), Request::Status, Duration::from_secs(5));
+    let message = match answer {
+        Ok(Response::Status(report)) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.table());
+            }
+            return 0;
+        }
+        Ok(Response::Error { message }) => message,
+        Ok(_) => "unexpected answer from tandem".to_string(),
+        Err(e) => e,
+    };
+    eprintln!("tandem status: {message}");
+    1
 }
 
 fn fail(message: &str) -> i32 {

@@ -5,12 +5,16 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use super::{
-    app_spec, parse_duration, parse_signal, postgres_spec, var, CommandPlan, Launch, Plan,
-    PostgresPlan, ServicePlan, DEFAULT_SOCKET, DEFAULT_STOP_BUDGET,
+    app_spec, health_spec, parse_duration, parse_signal, postgres_probe, postgres_spec, var,
+    CommandPlan, Launch, Plan, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
+    DEFAULT_SOCKET, DEFAULT_STOP_BUDGET,
 };
+use crate::health::Probe;
 use crate::postgres;
 use crate::runtime::process::{resolve_program, Identity, Reaper};
 use crate::supervisor::Condition;
+use crate::supervisor::HealthSpec;
+use std::time::Duration;
 
 /// Why a plan could not be made, with the exit code it deserves.
 #[derive(Debug)]
@@ -43,16 +47,7 @@ pub fn from_env(
     };
     let socket = PathBuf::from(var(env, "TANDEM_SOCKET").unwrap_or(DEFAULT_SOCKET));
 
-    let want_postgres = match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
-        "on" | "1" | "true" | "yes" => true,
-        "off" | "0" | "false" | "no" => false,
-        "auto" => env
-            .keys()
-            .any(|k| k.starts_with("POSTGRES_") || k == "PGDATA"),
-        other => {
-            return Err(format!("TANDEM_POSTGRES={other:?}: use on, off or auto").into());
-        }
-    };
+    let want_postgres = wants_postgres(env)?;
     if cmd.is_empty() && !want_postgres {
         return Err(
             "nothing to run: give the app's command (tandem -- CMD ARGS...) or set POSTGRES_* variables for the embedded PostgreSQL"
@@ -66,8 +61,11 @@ pub fn from_env(
     if want_postgres {
         let settings = postgres::Settings::from_env(env)?;
         let bins = postgres::locate_binaries(&settings, env, reaper)?;
+        let mut spec = postgres_spec(stop_budget, cmd.is_empty());
+        spec.health = Some(health_spec(env, "TANDEM_PG", DEFAULT_PG_HEALTH)?);
         services.push(ServicePlan {
-            spec: postgres_spec(stop_budget, cmd.is_empty()),
+            probe: Some(postgres_probe(&settings)),
+            spec,
             launch: Launch::Postgres(Box::new(PostgresPlan {
                 settings: settings.clone(),
                 bins,
@@ -105,7 +103,15 @@ pub fn from_env(
             spec.reload_signal =
                 Some(parse_signal(s).map_err(|e| format!("TANDEM_APP_RELOAD_SIGNAL: {e}"))?);
         }
+        let probe = match app_health(env)? {
+            Some((probe, health)) => {
+                spec.health = Some(health);
+                Some(probe)
+            }
+            None => None,
+        };
         services.push(ServicePlan {
+            probe,
             spec,
             launch: Launch::Command(CommandPlan {
                 program,
@@ -121,6 +127,61 @@ pub fn from_env(
         stop_budget,
         socket,
     })
+}
+
+/// The app's probe, when `TANDEM_APP_HEALTH_URL` asks for one.
+fn app_health(env: &HashMap<String, String>) -> Result<Option<(Probe, HealthSpec)>, String> {
+    let Some(url) = var(env, "TANDEM_APP_HEALTH_URL") else {
+        return Ok(None);
+    };
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" => {}
+        Ok(_) => {
+            return Err(format!(
+                "TANDEM_APP_HEALTH_URL={url:?}: only http:// URLs are probed"
+            ))
+        }
+        Err(e) => return Err(format!("TANDEM_APP_HEALTH_URL={url:?}: {e}")),
+    }
+    let health = health_spec(env, "TANDEM_APP", DEFAULT_APP_HEALTH)?;
+    Ok(Some((
+        Probe::Http {
+            url: url.to_string(),
+        },
+        health,
+    )))
+}
+
+/// The probes a running tandem would run, for `tandem healthcheck --direct`: the same
+/// variables, no process started. Each with its name and timeout.
+pub fn direct_probes(
+    env: &HashMap<String, String>,
+) -> Result<Vec<(String, Probe, Duration)>, String> {
+    let mut probes = Vec::new();
+    if wants_postgres(env)? {
+        let settings = postgres::Settings::from_env(env)?;
+        let health = health_spec(env, "TANDEM_PG", DEFAULT_PG_HEALTH)?;
+        probes.push((
+            "postgres".to_string(),
+            postgres_probe(&settings),
+            health.timeout,
+        ));
+    }
+    if let Some((probe, health)) = app_health(env)? {
+        probes.push(("app".to_string(), probe, health.timeout));
+    }
+    Ok(probes)
+}
+
+fn wants_postgres(env: &HashMap<String, String>) -> Result<bool, String> {
+    match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
+        "on" | "1" | "true" | "yes" => Ok(true),
+        "off" | "0" | "false" | "no" => Ok(false),
+        "auto" => Ok(env
+            .keys()
+            .any(|k| k.starts_with("POSTGRES_") || k == "PGDATA")),
+        other => Err(format!("TANDEM_POSTGRES={other:?}: use on, off or auto")),
+    }
 }
 
 fn os_env_get<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsStr> {

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::health::Probe;
 use crate::postgres;
 use crate::runtime::process::Identity;
-use crate::supervisor::{self, Condition, Kind, Spec};
+use crate::supervisor::{self, Condition, HealthSpec, Kind, OnUnhealthy, Spec};
 
 mod env;
 
-pub use env::{from_env, PlanError};
+pub use env::{direct_probes, from_env, PlanError};
 
 /// Docker waits 10 s between SIGTERM and SIGKILL; 9 s leaves tandem a second to spare.
 pub const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(9);
@@ -37,6 +38,8 @@ pub struct Plan {
 pub struct ServicePlan {
     pub spec: Spec,
     pub launch: Launch,
+    /// What its health probe checks; its timing is in `spec.health`.
+    pub probe: Option<Probe>,
 }
 
 /// How the runtime starts a service.
@@ -118,6 +121,17 @@ impl Plan {
                 ));
             }
             out.push('\n');
+            if let (Some(p), Some(h)) = (&s.probe, &spec.health) {
+                out.push_str(&format!(
+                    "   health: {} every {} ms (timeout {} ms, {} retries, start period {} ms), when unhealthy: {:?}\n",
+                    p.kind(),
+                    h.interval.as_millis(),
+                    h.timeout.as_millis(),
+                    h.retries,
+                    h.start_period.as_millis(),
+                    h.on_unhealthy
+                ).to_lowercase());
+            }
         }
         out.push_str(&format!(
             "stop budget: {} ms (TANDEM_STOP_TIMEOUT); control socket: {}\n",
@@ -207,6 +221,81 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     name.parse::<Signal>()
         .map_err(|_| format!("{s:?} is not a signal name"))
 }
+
+/// A probe's timing from `{PREFIX}_HEALTH_INTERVAL`, `_TIMEOUT`, `_RETRIES`,
+/// `_START_PERIOD` and `{PREFIX}_ON_UNHEALTHY`, with the given defaults.
+fn health_spec(
+    env: &HashMap<String, String>,
+    prefix: &str,
+    default: HealthSpec,
+) -> Result<HealthSpec, String> {
+    let dur = |suffix: &str, d: Duration| -> Result<Duration, String> {
+        let name = format!("{prefix}_HEALTH_{suffix}");
+        match var(env, &name) {
+            Some(v) => parse_duration(v).map_err(|e| format!("{name}: {e}")),
+            None => Ok(d),
+        }
+    };
+    let interval = dur("INTERVAL", default.interval)?;
+    if interval.is_zero() {
+        return Err(format!("{prefix}_HEALTH_INTERVAL must be more than 0"));
+    }
+    let timeout = dur("TIMEOUT", default.timeout)?;
+    let start_period = dur("START_PERIOD", default.start_period)?;
+    let retries_name = format!("{prefix}_HEALTH_RETRIES");
+    let retries = match var(env, &retries_name) {
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("{retries_name}={v:?}: use a whole number of at least 1"))?,
+        None => default.retries,
+    };
+    let policy_name = format!("{prefix}_ON_UNHEALTHY");
+    let on_unhealthy = match var(env, &policy_name) {
+        Some("restart") => OnUnhealthy::Restart,
+        Some("report") => OnUnhealthy::Report,
+        Some(v) => return Err(format!("{policy_name}={v:?}: use restart or report")),
+        None => default.on_unhealthy,
+    };
+    Ok(HealthSpec {
+        interval,
+        timeout,
+        retries,
+        start_period,
+        on_unhealthy,
+    })
+}
+
+/// PostgreSQL's probe: what the app experiences, a login as `POSTGRES_USER` over TCP
+/// to `POSTGRES_DB` and `SELECT 1`.
+fn postgres_probe(settings: &postgres::Settings) -> Probe {
+    Probe::Postgres {
+        host: "127.0.0.1".into(),
+        port: settings.port,
+        user: settings.user.clone(),
+        password: settings.password.clone(),
+        database: settings.database.clone(),
+    }
+}
+
+/// Docker's own HEALTHCHECK defaults are 30 s / 30 s / 3; tandem probes more often so a
+/// `tandem status` is fresh, and the on-demand `tandem healthcheck` never waits for it.
+const DEFAULT_PG_HEALTH: HealthSpec = HealthSpec {
+    interval: Duration::from_secs(10),
+    timeout: Duration::from_secs(5),
+    retries: 3,
+    start_period: Duration::ZERO,
+    on_unhealthy: OnUnhealthy::Report,
+};
+const DEFAULT_APP_HEALTH: HealthSpec = HealthSpec {
+    interval: Duration::from_secs(10),
+    timeout: Duration::from_secs(5),
+    retries: 3,
+    start_period: Duration::from_secs(60),
+    on_unhealthy: OnUnhealthy::Restart,
+};
 
 /// Looks a variable up, treating an empty value as unset (as the official image does).
 fn var<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::health::format_latency;
+use crate::health::{format_latency, Outcome, ProbeResult};
 
 /// Where the socket lives unless `TANDEM_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/tandem.sock";
@@ -94,6 +94,34 @@ impl HealthReport {
 }
 
 impl ServiceHealth {
+    /// A service judged by one probe result (`None`: the probe did not finish).
+    pub fn from_probe(name: &str, kind: &str, result: Option<ProbeResult>) -> ServiceHealth {
+        let mut h = ServiceHealth {
+            name: name.to_string(),
+            healthy: false,
+            state: "failing".into(),
+            kind: Some(kind.to_string()),
+            detail: Some(format!("{kind} probe did not finish")),
+            latency_ms: None,
+            tries: None,
+        };
+        let Some(r) = result else { return h };
+        h.latency_ms = Some(r.latency.as_secs_f64() * 1000.0);
+        match r.outcome {
+            Outcome::Ok => {
+                h.healthy = true;
+                h.state = "ok".into();
+                h.detail = None;
+            }
+            Outcome::Starting(d) => {
+                h.state = "starting".into();
+                h.detail = Some(d);
+            }
+            Outcome::Fail(d) => h.detail = Some(d),
+        }
+        h
+    }
+
     /// "app ok 2.8ms", "app http 503 after 3 tries", "postgres starting up", "app not running".
     fn phrase(&self) -> String {
         let name = &self.name;
@@ -248,6 +276,9 @@ impl Drop for ServerGuard {
 ///
 /// A socket file already at `path` is replaced when nothing answers on it (a previous
 /// tandem that died); if something does, that is another tandem and we refuse.
+///
+/// Must be called inside a tokio runtime with I/O and time enabled: the accept loop and
+/// each connection are tasks on it.
 pub async fn serve(
     path: &Path,
     requests: mpsc::Sender<Ask>,

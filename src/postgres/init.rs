@@ -164,6 +164,7 @@ fn prepare_dirs(settings: &Settings) -> Result<(), String> {
 /// as the official image's world-writable `/var/run/postgresql` is for arbitrary `--user`s.
 fn make_dir(dir: &Path, mode: u32, what: &str, owner: &Owner, shared: bool) -> Result<(), String> {
     let create_fail = |e: std::io::Error| format!("cannot create {what} {}: {e}", dir.display());
+    let mut created = false;
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -181,9 +182,27 @@ fn make_dir(dir: &Path, mode: u32, what: &str, owner: &Owner, shared: bool) -> R
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                     return Err(create_fail(e))
                 }
-                _ => {}
+                Err(_) => {}
+                Ok(()) => created = true,
             }
         }
+    }
+    if owner.fix && shared && !created && dir != Path::new(super::settings::DEFAULT_SOCKET_DIR) {
+        // A socket directory the user chose and that already existed (TANDEM_PG_SOCKET_DIR):
+        // never walk it or change its mode (it may be /tmp); only make sure PostgreSQL can
+        // create its socket there, giving it the directory itself unless anyone may write.
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| format!("cannot inspect {what} {}: {e}", dir.display()))?;
+        if meta.mode() & 0o002 == 0 && meta.uid() != owner.uid.as_raw() {
+            nix::unistd::chown(dir, Some(owner.uid), owner.gid).map_err(|e| {
+                format!(
+                    "cannot give {what} {} to {}: {e}",
+                    dir.display(),
+                    owner.name
+                )
+            })?;
+        }
+        return Ok(());
     }
     if owner.fix {
         chown_tree(dir, what, owner)?;

@@ -4,6 +4,7 @@
 //! handler ever runs) and reaps on SIGCHLD; one single-threaded tokio loop owns the
 //! [`Supervisor`], turns facts into [`Event`]s, and carries out its [`Action`]s.
 
+mod control;
 pub mod process;
 mod signals;
 
@@ -15,9 +16,10 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use crate::config::{CommandPlan, Launch, Plan, PostgresPlan};
+use crate::health::{Outcome, Prober};
 use crate::logs;
 use crate::postgres;
-use crate::supervisor::{Action, Event, Id, Supervisor, EXIT_START_FAILED};
+use crate::supervisor::{Action, Event, Id, ProbeReport, Supervisor, Verdict, EXIT_START_FAILED};
 use process::{ChildSetup, Reaper};
 
 pub use signals::{block_signals, spawn_signal_thread};
@@ -46,6 +48,16 @@ pub async fn run(
     mut events: mpsc::UnboundedReceiver<Event>,
     tx: mpsc::UnboundedSender<Event>,
 ) -> i32 {
+    let prober = match Prober::new(reaper.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_START_FAILED;
+        }
+    };
+    let (ask_tx, mut asks) = mpsc::channel(16);
+    // Kept for the life of the loop; dropping it removes the socket file.
+    let _control = control::serve(&plan, ask_tx).await;
     let mut sup = Supervisor::new(plan.specs(), plan.stop_budget);
     let mut running: Vec<Running> = plan
         .services
@@ -65,8 +77,7 @@ pub async fn run(
             match action {
                 Action::Start(id) => start(id, &plan, &reaper, &tx, &running[id]),
                 Action::Signal { id, signal } => send(&running[id], sup.name(id), signal),
-                // Wired to the prober in the next change; no plan has probes yet.
-                Action::Probe(_) => {}
+                Action::Probe(id) => probe(id, &plan, &prober, &tx),
                 Action::Exit { code } => {
                     sweep(&running);
                     logs::drain(OUTPUT_DRAIN).await;
@@ -89,6 +100,9 @@ pub async fn run(
                 sup.handle(ev, Instant::now());
             }
             _ = sleep_until(deadline) => sup.handle_timeout(Instant::now()),
+            Some((request, reply)) = asks.recv() => {
+                control::answer(request, reply, &sup, &plan, &prober, Instant::now());
+            }
         }
     }
 }
@@ -246,6 +260,33 @@ async fn start_postgres(
         }
     }
     forward_exit(id, exit, tx);
+}
+
+/// Runs a service's probe in the background and reports the verdict as an event.
+fn probe(id: Id, plan: &Arc<Plan>, prober: &Prober, tx: &mpsc::UnboundedSender<Event>) {
+    let (Some(p), Some(h)) = (&plan.services[id].probe, &plan.services[id].spec.health) else {
+        return;
+    };
+    let (p, timeout) = (p.clone(), h.timeout);
+    let (prober, tx) = (prober.clone(), tx.clone());
+    tokio::spawn(async move {
+        let result = prober.run(&p, timeout).await;
+        let report = to_report(&result.outcome, result.latency);
+        let _ = tx.send(Event::Probe { id, report });
+    });
+}
+
+pub(crate) fn to_report(outcome: &Outcome, latency: std::time::Duration) -> ProbeReport {
+    let verdict = match outcome {
+        Outcome::Ok => Verdict::Ok,
+        Outcome::Starting(_) => Verdict::Starting,
+        Outcome::Fail(_) => Verdict::Fail,
+    };
+    ProbeReport {
+        verdict,
+        detail: outcome.detail().to_string(),
+        latency,
+    }
 }
 
 /// PostgreSQL would fail to bind with a line buried in its log; say it up front instead.
