@@ -216,8 +216,8 @@ fn healthcheck(json: bool, timeout: Duration) -> i32 {
 /// The same probes as a running tandem, run here: for debugging, and where the running
 /// tandem's socket is out of reach.
 fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
-    let (env, _) = environment();
-    let probes = match config::direct_probes(&env) {
+    let (env, os_env) = environment();
+    let probes = match config::direct_probes(&env, &os_env) {
         Ok(p) if p.is_empty() => {
             return unhealthy(
                 "nothing to probe: set POSTGRES_* or TANDEM_APP_HEALTH_URL",
@@ -227,6 +227,10 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Ok(p) => p,
         Err(e) => return unhealthy(&e, json),
     };
+    let reaper = Reaper::new();
+    if let Err(e) = runtime::spawn_reaper_thread(reaper.clone()) {
+        return unhealthy(&e, json);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -235,7 +239,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Err(e) => return unhealthy(&format!("cannot start the event loop: {e}"), json),
     };
     let results = rt.block_on(async {
-        let prober = tandem::health::Prober::new(Reaper::new())?;
+        let prober = tandem::health::Prober::new(reaper)?;
         let mut tasks = tokio::task::JoinSet::new();
         for (i, (_, probe, probe_timeout)) in probes.iter().enumerate() {
             let (probe, prober, t) = (probe.clone(), prober.clone(), (*probe_timeout).min(timeout));

@@ -103,7 +103,7 @@ pub fn from_env(
             spec.reload_signal =
                 Some(parse_signal(s).map_err(|e| format!("TANDEM_APP_RELOAD_SIGNAL: {e}"))?);
         }
-        let probe = match app_health(env)? {
+        let probe = match app_health(env, os_env, user.as_ref())? {
             Some((probe, health)) => {
                 spec.health = Some(health);
                 Some(probe)
@@ -129,33 +129,80 @@ pub fn from_env(
     })
 }
 
-/// The app's probe, when `TANDEM_APP_HEALTH_URL` asks for one.
-fn app_health(env: &HashMap<String, String>) -> Result<Option<(Probe, HealthSpec)>, String> {
-    let Some(url) = var(env, "TANDEM_APP_HEALTH_URL") else {
-        return Ok(None);
-    };
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" => {}
-        Ok(_) => {
+/// The app's probe: `TANDEM_APP_HEALTH_URL` (http), `TANDEM_APP_HEALTH_TCP` (host:port) or
+/// `TANDEM_APP_HEALTH_CMD` (a command, split like a shell would, run with the app's
+/// environment and user); at most one of them.
+fn app_health(
+    env: &HashMap<String, String>,
+    os_env: &[(OsString, OsString)],
+    user: Option<&Identity>,
+) -> Result<Option<(Probe, HealthSpec)>, String> {
+    let given: Vec<&str> = [
+        "TANDEM_APP_HEALTH_URL",
+        "TANDEM_APP_HEALTH_TCP",
+        "TANDEM_APP_HEALTH_CMD",
+    ]
+    .into_iter()
+    .filter(|k| var(env, k).is_some())
+    .collect();
+    let probe = match given.as_slice() {
+        [] => return Ok(None),
+        ["TANDEM_APP_HEALTH_URL"] => {
+            let url = var(env, "TANDEM_APP_HEALTH_URL").unwrap_or_default();
+            match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" => Probe::Http {
+                    url: url.to_string(),
+                },
+                Ok(_) => {
+                    return Err(format!(
+                        "TANDEM_APP_HEALTH_URL={url:?}: only http:// URLs are probed"
+                    ))
+                }
+                Err(e) => return Err(format!("TANDEM_APP_HEALTH_URL={url:?}: {e}")),
+            }
+        }
+        ["TANDEM_APP_HEALTH_TCP"] => {
+            let addr = var(env, "TANDEM_APP_HEALTH_TCP").unwrap_or_default();
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("TANDEM_APP_HEALTH_TCP={addr:?}: use host:port"));
+            }
+            Probe::Tcp {
+                addr: addr.to_string(),
+            }
+        }
+        ["TANDEM_APP_HEALTH_CMD"] => {
+            let line = var(env, "TANDEM_APP_HEALTH_CMD").unwrap_or_default();
+            let words = postgres::settings::split_words(line)
+                .map_err(|e| format!("TANDEM_APP_HEALTH_CMD: {e}"))?;
+            if words.is_empty() {
+                return Err("TANDEM_APP_HEALTH_CMD is empty".to_string());
+            }
+            Probe::Exec {
+                argv: words.into_iter().map(OsString::from).collect(),
+                env: os_env.to_vec(),
+                user: user.cloned(),
+            }
+        }
+        many => {
             return Err(format!(
-                "TANDEM_APP_HEALTH_URL={url:?}: only http:// URLs are probed"
+                "{} are all set: choose one app probe",
+                many.join(" and ")
             ))
         }
-        Err(e) => return Err(format!("TANDEM_APP_HEALTH_URL={url:?}: {e}")),
-    }
+    };
     let health = health_spec(env, "TANDEM_APP", DEFAULT_APP_HEALTH)?;
-    Ok(Some((
-        Probe::Http {
-            url: url.to_string(),
-        },
-        health,
-    )))
+    Ok(Some((probe, health)))
 }
 
 /// The probes a running tandem would run, for `tandem healthcheck --direct`: the same
 /// variables, no process started. Each with its name and timeout.
 pub fn direct_probes(
     env: &HashMap<String, String>,
+    os_env: &[(OsString, OsString)],
 ) -> Result<Vec<(String, Probe, Duration)>, String> {
     let mut probes = Vec::new();
     if wants_postgres(env)? {
@@ -167,7 +214,7 @@ pub fn direct_probes(
             health.timeout,
         ));
     }
-    if let Some((probe, health)) = app_health(env)? {
+    if let Some((probe, health)) = app_health(env, os_env, None)? {
         probes.push(("app".to_string(), probe, health.timeout));
     }
     Ok(probes)

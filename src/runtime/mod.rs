@@ -22,7 +22,7 @@ use crate::postgres;
 use crate::supervisor::{Action, Event, Id, ProbeReport, Supervisor, Verdict, EXIT_START_FAILED};
 use process::{ChildSetup, Reaper};
 
-pub use signals::{block_signals, spawn_signal_thread};
+pub use signals::{block_signals, spawn_reaper_thread, spawn_signal_thread};
 
 /// How long, at exit, we wait for the last lines of children's output to be copied out.
 /// Only spent when something outside our process groups still holds a pipe open.

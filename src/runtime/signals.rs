@@ -79,3 +79,22 @@ pub fn children_of_self() -> Vec<Pid> {
     }
     pids
 }
+
+/// For short-lived commands that spawn (`healthcheck --direct` with an exec probe): reap on
+/// SIGCHLD and leave every other signal at its default, so the command still dies on
+/// SIGTERM or Ctrl-C. Call before any other thread starts.
+pub fn spawn_reaper_thread(reaper: Reaper) -> Result<(), String> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|e| format!("cannot block SIGCHLD: {e}"))?;
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || loop {
+            if set.wait().is_ok() {
+                reaper.reap();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the reaper thread: {e}"))
+}
