@@ -124,7 +124,12 @@ fn environment() -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
 
 fn check(cmd: Vec<OsString>) -> i32 {
     let (env, os_env) = environment();
-    match config::from_env(cmd, &env, &os_env, &Reaper::new()) {
+    // Finding PostgreSQL runs `pg_config` and `postgres --version`; someone must reap them.
+    let reaper = Reaper::new();
+    if let Err(e) = runtime::spawn_reaper_thread(reaper.clone()) {
+        return fail(&e);
+    }
+    match config::from_env(cmd, &env, &os_env, &reaper) {
         Ok(plan) => {
             print!("{}", plan.describe());
             0

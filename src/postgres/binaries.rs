@@ -190,6 +190,9 @@ fn first_line_of(
             )
         })?;
     }
+    // Wait for it to be reaped, so nothing we started is still exiting when we move on (or
+    // exit on an error). The caller has the reaper running.
+    let _ = spawned.exit.blocking_recv();
     Ok(out.lines().next().unwrap_or("").trim().to_string())
 }
 

@@ -288,7 +288,7 @@ impl Supervisor {
         }
         for id in 0..self.svcs.len() {
             if self.svcs[id].escalate_at.is_some_and(|t| t <= now) {
-                self.escalate(id, now);
+                self.escalate(id, now, "it did not stop in time");
             }
         }
         self.issue_due_probes(now);
@@ -489,7 +489,7 @@ impl Supervisor {
     fn hurry(&mut self, now: Instant) {
         for id in 0..self.svcs.len() {
             if self.svcs[id].phase == Phase::Stopping {
-                self.escalate(id, now);
+                self.escalate(id, now, "asked to stop again");
             }
         }
     }
@@ -512,11 +512,13 @@ impl Supervisor {
         }
     }
 
-    /// Moves a stopping service to the next signal of its ladder.
-    fn escalate(&mut self, id: Id, now: Instant) {
+    /// Moves a stopping service to the next signal of its ladder; `why` ends the log line.
+    fn escalate(&mut self, id: Id, now: Instant, why: &str) {
         let svc = &self.svcs[id];
         let next = svc.stop_step + 1;
         if next < svc.spec.stop_ladder.len() {
+            let signal = svc.spec.stop_ladder[next];
+            tracing::info!("sending {} to {} ({why})", signal.as_str(), svc.spec.name);
             self.set_step(id, next, now);
         } else {
             self.svcs[id].escalate_at = None;
@@ -539,13 +541,6 @@ impl Supervisor {
         } else {
             Some((now + svc.spec.step_timeout).min(window_end))
         };
-        if step > 0 {
-            tracing::info!(
-                "{} did not stop in time; sending {}",
-                svc.spec.name,
-                signal.as_str()
-            );
-        }
         if svc.pid.is_some() || svc.phase == Phase::Starting || svc.phase == Phase::Stopping {
             self.actions.push_back(Action::Signal { id, signal });
         }

@@ -1,0 +1,207 @@
+//! Bad input and start failures: a non-zero exit, exactly one clear `tandem | ` error line
+//! naming what to fix, nothing left running, the password never printed.
+//!
+//! tandem runs in a pid namespace whose PID 1 is a small `sh` that, once tandem has exited,
+//! lists every process still alive in the namespace (see [`Mode::Wrapped`]).
+
+mod support;
+
+use std::net::TcpListener;
+use std::os::fd::FromRawFd;
+use std::path::Path;
+
+use nix::libc;
+use support::*;
+
+/// Runs a tandem that must fail, and checks everything the contract promises about failing.
+/// `keywords`: the error line must contain at least one of them.
+fn expect_failure(
+    env: &Env,
+    cmd: &[&str],
+    ro_dir: Option<&Path>,
+    expected_code: i32,
+    keywords: &[&str],
+) -> Tandem {
+    let mode = Mode::Wrapped {
+        mount_ro: ro_dir.is_some(),
+    };
+    let mut tandem = Tandem::start_raw(mode, env, &["--"], cmd, ro_dir);
+    let code = tandem.wait_exit_code(START_TIMEOUT);
+    tandem.assert_no_panic();
+    tandem.assert_secret_absent();
+    if code == 90 {
+        tandem.fail("the test's read-only bind mount failed");
+    }
+    let errors: Vec<String> = tandem
+        .own_lines()
+        .into_iter()
+        .filter(|line| line.to_lowercase().contains("error"))
+        .collect();
+    if errors.len() != 1 {
+        tandem.fail(&format!(
+            "expected exactly one `tandem | ` error line, got {}: {errors:#?}",
+            errors.len()
+        ));
+    }
+    if !keywords.iter().any(|k| errors[0].contains(k)) {
+        tandem.fail(&format!(
+            "the error line names none of {keywords:?}: {:?}",
+            errors[0]
+        ));
+    }
+    let leftovers = tandem.leftovers();
+    if !leftovers.is_empty() {
+        tandem.fail(&format!(
+            "still running after tandem exited: {leftovers:#?}"
+        ));
+    }
+    if tandem.log.contains("testapp listening") {
+        tandem.fail("the app was started");
+    }
+    if code != expected_code {
+        tandem.fail(&format!("exit code {code}, expected {expected_code}"));
+    }
+    tandem
+}
+
+fn testapp() -> String {
+    testapp_bin().to_str().unwrap().to_string()
+}
+
+#[test]
+fn missing_password_on_empty_pgdata() {
+    let sandbox = Sandbox::new("no-password");
+    let mut env = sandbox.env_with_db();
+    env.remove("POSTGRES_PASSWORD");
+    expect_failure(&env, &[&testapp()], None, 1, &["POSTGRES_PASSWORD"]);
+    assert!(
+        !sandbox.pgdata.join("PG_VERSION").exists(),
+        "PGDATA was initialised although the start was refused"
+    );
+}
+
+#[test]
+fn password_and_password_file_both_set() {
+    let sandbox = Sandbox::new("password-twice");
+    let file = sandbox.root.join("password");
+    std::fs::write(&file, "file-secret-pw\n").unwrap();
+    let mut env = sandbox.env_with_db();
+    env.set("POSTGRES_PASSWORD_FILE", file.to_str().unwrap());
+    let tandem = expect_failure(&env, &[&testapp()], None, 1, &["POSTGRES_PASSWORD_FILE"]);
+    if tandem.log.contains("file-secret-pw") {
+        tandem.fail("the password from the file appears in the output");
+    }
+}
+
+#[test]
+fn unreadable_password_file() {
+    let sandbox = Sandbox::new("password-file-missing");
+    let missing = sandbox.root.join("no-such-password-file");
+    let mut env = sandbox.env_with_db();
+    env.remove("POSTGRES_PASSWORD")
+        .set("POSTGRES_PASSWORD_FILE", missing.to_str().unwrap());
+    expect_failure(&env, &[&testapp()], None, 1, &["POSTGRES_PASSWORD_FILE"]);
+}
+
+#[test]
+fn pg_bindir_without_binaries() {
+    let sandbox = Sandbox::new("bad-bindir");
+    let empty = sandbox.root.join("empty-bin");
+    mkdir(&empty, 0o755);
+    let mut env = sandbox.env_with_db();
+    env.set("PG_BINDIR", empty.to_str().unwrap());
+    expect_failure(&env, &[&testapp()], None, 1, &["PG_BINDIR"]);
+}
+
+#[test]
+fn pgdata_owned_by_someone_else_on_a_read_only_mount() {
+    let sandbox = Sandbox::new("foreign-pgdata");
+    mkdir(&sandbox.pgdata, 0o700);
+    chown_to(&sandbox.pgdata, 65534, 65534); // nobody:nogroup; chown back fails with EROFS
+    let env = sandbox.env_with_db();
+    let pgdata = sandbox.pgdata.to_str().unwrap();
+    expect_failure(
+        &env,
+        &[&testapp()],
+        Some(&sandbox.pgdata),
+        1,
+        &[pgdata, "PGDATA"],
+    );
+}
+
+/// Holds `port` on 0.0.0.0 and on [::] (IPv6 only): PostgreSQL with listen_addresses='*'
+/// only fails when it can bind neither, otherwise it warns and runs on the other family.
+fn hold_port(port: u16) -> Vec<TcpListener> {
+    let mut held = vec![TcpListener::bind(("0.0.0.0", port)).expect("cannot hold the IPv4 port")];
+    if Path::new("/proc/net/if_inet6").exists() {
+        // SAFETY: plain socket calls on a descriptor we own; it is handed to TcpListener,
+        // which closes it.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket(AF_INET6) failed");
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of_val(&one) as libc::socklen_t,
+            );
+            let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            addr.sin6_port = port.to_be();
+            let bound = libc::bind(
+                fd,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&addr) as libc::socklen_t,
+            );
+            assert_eq!(bound, 0, "cannot hold [::]:{port}");
+            assert_eq!(libc::listen(fd, 8), 0, "listen on [::]:{port}");
+            held.push(TcpListener::from_raw_fd(fd));
+        }
+    }
+    held
+}
+
+#[test]
+fn postgres_port_in_use() {
+    let sandbox = Sandbox::new("port-in-use");
+    let _held = hold_port(sandbox.pg_port);
+    let env = sandbox.env_with_db();
+    let port = sandbox.pg_port.to_string();
+    expect_failure(&env, &[&testapp()], None, 1, &[&port, "PGPORT"]);
+}
+
+#[test]
+fn command_not_found_exits_127() {
+    // No PostgreSQL here: nothing POSTGRES_* or PGDATA is set.
+    let mut env = Env::default();
+    env.set("TANDEM_SOCKET", "/tmp/tandem-test-cmd-not-found.sock");
+    expect_failure(
+        &env,
+        &["no-such-command-for-tandem"],
+        None,
+        127,
+        &["no-such-command-for-tandem"],
+    );
+}
+
+#[test]
+fn command_not_executable_exits_126_and_stops_postgres() {
+    let sandbox = Sandbox::new("not-executable");
+    let script = sandbox.root.join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho should not run\n").unwrap();
+    let env = sandbox.env_with_db();
+    let path = script.to_str().unwrap();
+    let tandem = expect_failure(&env, &[path], None, 126, &[path]);
+    // Every server started (the temporary one of initdb, the real one) was shut down cleanly.
+    let started = tandem
+        .log
+        .count("database system is ready to accept connections");
+    let stopped = tandem.log.count("database system is shut down");
+    if started != stopped {
+        tandem.fail(&format!(
+            "PostgreSQL started {started} times, shut down cleanly {stopped} times"
+        ));
+    }
+}

@@ -1,0 +1,851 @@
+//! Shared harness for tandem's integration tests: real PostgreSQL, real processes, real signals.
+//!
+//! - [`Sandbox`]: one test's temp dir (PGDATA, socket dirs, initdb.d) and ports, removed on drop.
+//! - [`Tandem`]: a running tandem, as PID 1 of a fresh pid namespace (`unshare`), as a plain
+//!   child (the subreaper path), or wrapped so that what it leaves running can be listed.
+//!   Output is captured line by line; every failure message carries the whole log.
+//! - helpers to talk to the test app over HTTP and to PostgreSQL over TCP, and to look at
+//!   `/proc` for zombies.
+//!
+//! Nothing here sleeps on a guess: every wait polls a condition until a deadline and fails with
+//! what it saw.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How often conditions are polled.
+pub const POLL: Duration = Duration::from_millis(15);
+/// Generous bound for anything that involves initdb or a PostgreSQL start on a busy 2-core box.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// Bound for an orderly stop when no budget is under test (tandem's default budget is 9 s).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for quick observable effects (a signal's log line, an HTTP answer).
+pub const SHORT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The app's readiness line, as relayed by tandem.
+pub const APP_READY: &str = "app | testapp listening on";
+
+/// The PATH every child gets; the environment is otherwise only what the test sets.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn tandem_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
+}
+
+/// `.../debug/tandem` -> `.../debug/examples/testapp` (cargo builds examples for `cargo test`).
+pub fn testapp_bin() -> PathBuf {
+    let bin = tandem_bin();
+    let path = bin.parent().unwrap().join("examples").join("testapp");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `probe` every [`POLL`] until it returns `Some`, or `None` once `timeout` has passed.
+pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Runs a future to completion on a fresh single-threaded runtime (tests are synchronous).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// A port nobody listens on right now, on every IPv4 address (the kernel picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind an ephemeral port")
+        .port()
+}
+
+static SANDBOX_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One test's private world: a 0755 dir under /tmp (so the `postgres` user can traverse it)
+/// with PGDATA, the PostgreSQL socket dir, initdb.d and tandem's control socket, plus ports.
+pub struct Sandbox {
+    pub root: PathBuf,
+    pub pgdata: PathBuf,
+    pub pg_socket_dir: PathBuf,
+    pub initdb_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub pg_port: u16,
+    pub app_port: u16,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Sandbox {
+        let seq = SANDBOX_SEQ.fetch_add(1, Ordering::SeqCst);
+        let root = PathBuf::from(format!(
+            "/tmp/tandem-test-{name}-{}-{seq}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        mkdir(&root, 0o755);
+        let initdb_dir = root.join("initdb.d");
+        mkdir(&initdb_dir, 0o755);
+        let pg_port = free_port();
+        let mut app_port = free_port();
+        while app_port == pg_port {
+            app_port = free_port();
+        }
+        Sandbox {
+            pgdata: root.join("pgdata"),
+            // Left for tandem to create, as the official image creates /var/run/postgresql.
+            pg_socket_dir: root.join("pg-socket"),
+            control_socket: root.join("tandem.sock"),
+            initdb_dir,
+            root,
+            pg_port,
+            app_port,
+        }
+    }
+
+    /// The environment of a zero-config tandem with the embedded PostgreSQL for this sandbox.
+    /// The caller adds POSTGRES_* (which is what turns PostgreSQL on).
+    pub fn env(&self) -> Env {
+        let mut env = Env::default();
+        env.set("PGDATA", self.pgdata.to_str().unwrap())
+            .set("PGPORT", &self.pg_port.to_string())
+            .set("TANDEM_PG_SOCKET_DIR", self.pg_socket_dir.to_str().unwrap())
+            .set("TANDEM_INITDB_DIR", self.initdb_dir.to_str().unwrap())
+            .set("TANDEM_SOCKET", self.control_socket.to_str().unwrap())
+            .set("TESTAPP_PORT", &self.app_port.to_string());
+        env
+    }
+
+    /// [`Sandbox::env`] with a plain user, password and database.
+    pub fn env_with_db(&self) -> Env {
+        let mut env = self.env();
+        env.set("POSTGRES_USER", "tester")
+            .set("POSTGRES_PASSWORD", "s3cret-test-pw")
+            .set("POSTGRES_DB", "testdb");
+        env
+    }
+
+    /// Writes a file into initdb.d.
+    pub fn init_script(&self, name: &str, content: &str, mode: u32) -> PathBuf {
+        let path = self.initdb_dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    pub fn app_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.app_port)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_dir_all(&self.root) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("cannot remove {}: {err}", self.root.display());
+            }
+        }
+    }
+}
+
+pub fn mkdir(path: &Path, mode: u32) {
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    // The umask may have narrowed the mode.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn chown_to(path: &Path, uid: u32, gid: u32) {
+    chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// An ordered environment: a child gets exactly these variables plus PATH.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    pub fn set(&mut self, key: &str, value: &str) -> &mut Env {
+        self.vars.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn remove(&mut self, key: &str) -> &mut Env {
+        self.vars.remove(key);
+        self
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    fn apply(&self, command: &mut Command) {
+        command.env_clear().env("PATH", PATH);
+        for (key, value) in &self.vars {
+            command.env(key, value);
+        }
+    }
+}
+
+/// Which stream a captured line came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Everything a run printed, line by line, in arrival order.
+#[derive(Clone, Default)]
+pub struct Log {
+    lines: Arc<Mutex<Vec<(Stream, String)>>>,
+    /// How many of the captured streams reached end-of-file.
+    closed: Arc<AtomicU32>,
+}
+
+impl Log {
+    fn capture(&self, stream: Stream, reader: impl Read + Send + 'static) {
+        let lines = Arc::clone(&self.lines);
+        let closed = Arc::clone(&self.closed);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(reader);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        let line = line.trim_end_matches(['\n', '\r']).to_string();
+                        lines.lock().unwrap().push((stream, line));
+                    }
+                }
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+
+    /// True once stdout and stderr both reached end-of-file: nothing more will arrive.
+    pub fn complete(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) == 2
+    }
+
+    pub fn lines(&self) -> Vec<(Stream, String)> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines()
+            .iter()
+            .map(|(stream, line)| {
+                let tag = if *stream == Stream::Stdout {
+                    "out"
+                } else {
+                    "err"
+                };
+                format!("[{tag}] {line}\n")
+            })
+            .collect()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines()
+            .iter()
+            .filter(|(_, line)| line.contains(needle))
+            .count()
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.count(needle) > 0
+    }
+
+    /// Whether a line containing `needle` arrived after the first line containing `marker`.
+    /// Used to skip what the temporary server of a first start logged (it is stopped with a
+    /// fast shutdown too).
+    pub fn contains_after(&self, marker: &str, needle: &str) -> bool {
+        let lines = self.lines();
+        match lines.iter().position(|(_, line)| line.contains(marker)) {
+            Some(start) => lines[start + 1..].iter().any(|(_, l)| l.contains(needle)),
+            None => false,
+        }
+    }
+
+    /// Index (in arrival order) of the first line containing `needle`.
+    pub fn position(&self, needle: &str) -> Option<usize> {
+        self.lines()
+            .iter()
+            .position(|(_, line)| line.contains(needle))
+    }
+}
+
+/// How tandem is started.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// PID 1 of a new pid namespace: `unshare --pid --fork --mount-proc --kill-child=SIGKILL`.
+    Pid1,
+    /// A plain child of the test: not PID 1, so tandem must be a subreaper.
+    Child,
+    /// In a new pid (and mount) namespace whose PID 1 is `sh`, which runs `prelude`, then
+    /// tandem (not PID 1), then lists every process still there as `leftover-process: STAT`.
+    Wrapped { mount_ro: bool },
+}
+
+/// A running (or finished) tandem.
+pub struct Tandem {
+    pub mode: Mode,
+    /// `unshare` in the namespaced modes, tandem itself in [`Mode::Child`].
+    child: Child,
+    pub log: Log,
+    /// The secret that must never appear in the output, if any.
+    pub secret: Option<String>,
+    status: Option<ExitStatus>,
+    /// When the last exit was observed (for budget checks).
+    pub exited_at: Option<Instant>,
+    /// pgdata, for the [`Mode::Child`] clean-up: PostgreSQL outlives a SIGKILLed tandem.
+    pgdata: Option<PathBuf>,
+}
+
+impl Tandem {
+    /// Starts `tandem -- testapp` as PID 1 of a new pid namespace.
+    pub fn start(env: &Env) -> Tandem {
+        Tandem::start_with(Mode::Pid1, env, &[testapp_bin().to_str().unwrap()])
+    }
+
+    /// Starts tandem with `args` after `--` (the CMD) in the given mode.
+    pub fn start_with(mode: Mode, env: &Env, cmd: &[&str]) -> Tandem {
+        Tandem::start_raw(mode, env, &["--"], cmd, None)
+    }
+
+    /// Starts tandem with arguments `tandem_args` then `cmd`; in [`Mode::Wrapped`] with
+    /// `mount_ro`, `ro_dir` is bind-mounted read-only onto itself first.
+    pub fn start_raw(
+        mode: Mode,
+        env: &Env,
+        tandem_args: &[&str],
+        cmd: &[&str],
+        ro_dir: Option<&Path>,
+    ) -> Tandem {
+        let tandem = tandem_bin();
+        let mut command = match mode {
+            Mode::Pid1 => {
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+                    .arg(&tandem);
+                c
+            }
+            Mode::Child => Command::new(&tandem),
+            Mode::Wrapped { mount_ro } => {
+                let prelude = match (mount_ro, ro_dir) {
+                    (true, Some(dir)) => {
+                        let d = dir.to_str().unwrap();
+                        assert!(!d.contains('\''), "quote in {d}");
+                        format!(
+                            "mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' || exit 90\n"
+                        )
+                    }
+                    (true, None) => panic!("Wrapped {{ mount_ro: true }} needs ro_dir"),
+                    _ => String::new(),
+                };
+                let script = format!(
+                    "{prelude}\"$@\"\nrc=$?\n\
+                     for d in /proc/[0-9]*; do\n\
+                     [ \"${{d#/proc/}}\" = 1 ] && continue\n\
+                     read -r st < \"$d/stat\" 2>/dev/null && echo \"leftover-process: $st\" >&2\n\
+                     done\nexit $rc\n"
+                );
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"]);
+                if mount_ro {
+                    c.arg("--mount");
+                }
+                c.args(["sh", "-c", &script, "wrapper"]).arg(&tandem);
+                c
+            }
+        };
+        command.args(tandem_args).args(cmd);
+        env.apply(&mut command);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("cannot spawn tandem");
+        let log = Log::default();
+        log.capture(Stream::Stdout, child.stdout.take().unwrap());
+        log.capture(Stream::Stderr, child.stderr.take().unwrap());
+        Tandem {
+            mode,
+            child,
+            log,
+            secret: env.get("POSTGRES_PASSWORD").map(str::to_string),
+            status: None,
+            exited_at: None,
+            pgdata: env.get("PGDATA").map(PathBuf::from),
+        }
+    }
+
+    /// Panics with `msg` and the whole log.
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "{msg}\n---- tandem log ({:?}) ----\n{}---- end ----",
+            self.mode,
+            self.log.text()
+        );
+    }
+
+    /// Waits for a line containing `needle`; fails with the log if it does not come, or if
+    /// tandem exits first (its output is then complete).
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) {
+        let found = poll_until(timeout, || {
+            if self.log.contains(needle) {
+                return Some(true);
+            }
+            if self.poll_exit().is_some() && self.output_closed() && !self.log.contains(needle) {
+                return Some(false);
+            }
+            None
+        });
+        match found {
+            Some(true) => {}
+            Some(false) => self.fail(&format!(
+                "tandem exited ({:?}) without printing {needle:?}",
+                self.status
+            )),
+            None => self.fail(&format!("no line {needle:?} within {timeout:?}")),
+        }
+    }
+
+    /// Waits until the n-th line containing `needle` has arrived.
+    pub fn wait_for_count(&mut self, needle: &str, n: usize, timeout: Duration) {
+        if poll_until(timeout, || (self.log.count(needle) >= n).then_some(())).is_none() {
+            self.fail(&format!(
+                "expected {n} lines containing {needle:?} within {timeout:?}, saw {}",
+                self.log.count(needle)
+            ));
+        }
+    }
+
+    /// Waits until the app listens (which implies PostgreSQL is ready, by tandem's contract).
+    pub fn wait_app_ready(&mut self) {
+        self.wait_for_line(APP_READY, START_TIMEOUT);
+    }
+
+    /// Fails unless the real server (not the temporary one of a first start) logged both
+    /// halves of a clean fast shutdown after the app started.
+    pub fn assert_clean_postgres_stop(&self) {
+        for line in [
+            "received fast shutdown request",
+            "database system is shut down",
+        ] {
+            if !self.log.contains_after(APP_READY, line) {
+                self.fail(&format!(
+                    "no {line:?} from PostgreSQL after the app started"
+                ));
+            }
+        }
+    }
+
+    /// The exit status, if tandem (or its wrapper) has exited.
+    pub fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.status = Some(status);
+                self.exited_at = Some(Instant::now());
+            }
+        }
+        self.status
+    }
+
+    /// Waits for tandem to exit and for its output to be drained; fails with the log otherwise.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match poll_until(timeout, || self.poll_exit()) {
+            Some(status) => {
+                // Whatever inherited the pipes may hold them a moment longer; the last lines
+                // arrive when they close. Bounded: a test then fails on what it saw.
+                poll_until(Duration::from_secs(5), || {
+                    self.output_closed().then_some(())
+                });
+                status
+            }
+            None => self.fail(&format!("tandem did not exit within {timeout:?}")),
+        }
+    }
+
+    /// True once tandem's output is complete (both pipes closed: tandem and everything that
+    /// inherited them are gone).
+    fn output_closed(&self) -> bool {
+        self.log.complete()
+    }
+
+    /// Waits for the exit and returns the code; fails if tandem died of a signal.
+    pub fn wait_exit_code(&mut self, timeout: Duration) -> i32 {
+        let status = self.wait_exit(timeout);
+        match status.code() {
+            Some(code) => code,
+            None => self.fail(&format!("tandem died of a signal: {status:?}")),
+        }
+    }
+
+    /// tandem's pid as the test sees it.
+    pub fn pid(&self) -> Pid {
+        match self.mode {
+            Mode::Child => Pid::from_raw(self.child.id() as i32),
+            _ => {
+                let unshare = self.child.id();
+                let path = format!("/proc/{unshare}/task/{unshare}/children");
+                let pid = poll_until(SHORT_TIMEOUT, || {
+                    let text = std::fs::read_to_string(&path).ok()?;
+                    text.split_whitespace().next()?.parse::<i32>().ok()
+                });
+                match pid {
+                    Some(pid) => Pid::from_raw(pid),
+                    None => self.fail(&format!("no child in {path}")),
+                }
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let pid = self.pid();
+        if let Err(err) = kill(pid, signal) {
+            self.fail(&format!("kill({pid}, {signal}) failed: {err}"));
+        }
+    }
+
+    /// Lines tandem itself printed (`tandem | ` prefix).
+    pub fn own_lines(&self) -> Vec<String> {
+        self.log
+            .lines()
+            .into_iter()
+            .filter(|(_, line)| line.starts_with("tandem | "))
+            .map(|(_, line)| line)
+            .collect()
+    }
+
+    /// Fails if the password appears anywhere in the output.
+    pub fn assert_secret_absent(&self) {
+        if let Some(secret) = &self.secret {
+            if !secret.is_empty() && self.log.text().contains(secret.as_str()) {
+                self.fail("the password appears in the output");
+            }
+        }
+    }
+
+    /// Fails if any line reports a panic.
+    pub fn assert_no_panic(&self) {
+        if self.log.contains("panicked at") {
+            self.fail("tandem panicked");
+        }
+    }
+
+    /// [`Mode::Wrapped`]: the processes (`/proc/PID/stat` lines) still alive after tandem
+    /// exited. Excluded: zombies (dead; the wrapper's sh just has not reaped them) and
+    /// processes already exiting (PF_EXITING), such as a `postgres --version` whose output
+    /// tandem read to the end without waiting for its exit.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.log
+            .lines()
+            .into_iter()
+            .filter_map(|(_, line)| line.strip_prefix("leftover-process: ").map(str::to_string))
+            .filter(|stat| stat_state(stat) != Some('Z') && !stat_exiting(stat))
+            .collect()
+    }
+
+    /// The PostgreSQL log: lines tandem relayed with the `postgres | ` prefix.
+    pub fn postgres_lines(&self) -> Vec<String> {
+        self.log
+            .lines()
+            .into_iter()
+            .filter(|(_, line)| line.starts_with("postgres | "))
+            .map(|(_, line)| line)
+            .collect()
+    }
+
+    /// Fails if this run's PostgreSQL log says the previous stop was not clean.
+    pub fn assert_no_recovery(&self) {
+        for bad in ["not properly shut down", "automatic recovery in progress"] {
+            if self.log.contains(bad) {
+                self.fail(&format!("PostgreSQL log contains {bad:?}"));
+            }
+        }
+    }
+
+    /// SIGTERM and wait for the exit code (for tests where stopping is not what is tested).
+    pub fn stop(&mut self) -> i32 {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit_code(STOP_TIMEOUT)
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        // `TANDEM_TEST_LOG=1 cargo test -- --nocapture` shows what passing tests saw too.
+        if std::env::var_os("TANDEM_TEST_LOG").is_some() {
+            eprintln!(
+                "---- tandem log ({:?}, {:?}) ----\n{}---- end ----",
+                self.mode,
+                self.status,
+                self.log.text()
+            );
+        }
+        if self.poll_exit().is_some() {
+            return;
+        }
+        match self.mode {
+            // Killing unshare kills tandem (--kill-child), and PID 1's death the namespace.
+            // SIGKILL to the namespace's PID 1 kills everything in it; unshare then reaps it
+            // and exits, so once unshare is reaped nothing of this run is left.
+            Mode::Pid1 | Mode::Wrapped { .. } => {
+                let unshare = self.child.id();
+                let first_child =
+                    std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+                        .ok()
+                        .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+                if let Some(pid) = first_child {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                let reaped = poll_until(Duration::from_secs(10), || {
+                    self.child.try_wait().ok().flatten()
+                });
+                if reaped.is_none() {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                }
+            }
+            // A plain child: ask nicely, then make sure PostgreSQL and the app do not outlive it.
+            Mode::Child => {
+                let pid = Pid::from_raw(self.child.id() as i32);
+                let children = child_pids(pid);
+                let _ = kill(pid, Signal::SIGTERM);
+                if poll_until(STOP_TIMEOUT, || self.child.try_wait().ok().flatten()).is_none() {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    for child in children {
+                        let _ = kill(Pid::from_raw(-child), Signal::SIGKILL);
+                        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+                    }
+                    if let Some(pid) = self.pgdata.as_deref().and_then(postmaster_pid) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Line 1 of PGDATA/postmaster.pid (the postmaster's pid in its own pid namespace).
+pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The state letter of a `/proc/PID/stat` line (the field after the parenthesised comm).
+pub fn stat_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Whether the `flags` field of a `/proc/PID/stat` line has PF_EXITING (the process is dying).
+pub fn stat_exiting(stat: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0)
+}
+
+/// A process as read from /proc.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub state: char,
+    pub comm: String,
+}
+
+/// Reads `/proc/PID/stat`; `None` if the process is gone.
+pub fn read_proc(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let (comm, rest) = stat[open + 1..].rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        state,
+        comm: comm.to_string(),
+    })
+}
+
+/// Every process visible in /proc.
+pub fn all_procs() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_proc)
+        .collect()
+}
+
+/// The processes in the same pid namespace as `pid` (itself included).
+pub fn procs_in_namespace_of(pid: Pid) -> Vec<Proc> {
+    let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else {
+        return Vec::new();
+    };
+    all_procs()
+        .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{}/ns/pid", p.pid)).ok() == Some(ns.clone()))
+        .collect()
+}
+
+pub fn child_pids(parent: Pid) -> Vec<i32> {
+    all_procs()
+        .into_iter()
+        .filter(|p| p.ppid == parent.as_raw())
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The host pid of the process whose pid in its own namespace is `ns_pid`, among the
+/// processes in tandem's namespace (from the last field of `NSpid:` in /proc/PID/status).
+pub fn host_pid_in_namespace(tandem: Pid, ns_pid: i32) -> Option<i32> {
+    procs_in_namespace_of(tandem).into_iter().find_map(|p| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).ok()?;
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        let inner: i32 = nspid.split_whitespace().last()?.parse().ok()?;
+        (inner == ns_pid).then_some(p.pid)
+    })
+}
+
+/// An HTTP exchange with the test app: (status, body).
+pub fn http(method: &str, url: &str) -> Result<(u16, String), String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let url = url.to_string();
+    block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .request(method, &url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
+    })
+}
+
+impl Tandem {
+    /// An HTTP request to the app that must answer 200; returns the body.
+    pub fn app_ok(&self, sandbox: &Sandbox, method: &str, path: &str) -> String {
+        match http(method, &sandbox.app_url(path)) {
+            Ok((200, body)) => body,
+            Ok((status, body)) => self.fail(&format!("{method} {path}: {status} {body:?}")),
+            Err(err) => self.fail(&format!("{method} {path}: {err}")),
+        }
+    }
+}
+
+/// Connection parameters for a direct PostgreSQL connection from the test.
+pub struct Db<'a> {
+    /// An IP address (TCP) or a socket directory.
+    pub host: &'a str,
+    /// The client address to connect from. pg_hba.conf matches the *client* address, and a
+    /// connection to any 127.x address still comes from 127.0.0.1 (on trust by initdb's
+    /// default) unless the socket is bound first.
+    pub source: Option<&'a str>,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    pub dbname: &'a str,
+}
+
+impl Db<'_> {
+    fn config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(self.host)
+            .port(self.port)
+            .user(self.user)
+            .dbname(self.dbname)
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = self.password {
+            config.password(password);
+        }
+        config
+    }
+
+    /// Runs `sql` (a query returning one text column); rows in order.
+    pub fn query_texts(&self, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+        let config = self.config();
+        let sql = sql.to_string();
+        let source = self
+            .source
+            .map(|s| s.parse::<std::net::IpAddr>().expect("source IP"));
+        let server = source.map(|_| {
+            let ip = self
+                .host
+                .parse()
+                .expect("with a source, host must be an IP");
+            std::net::SocketAddr::new(ip, self.port)
+        });
+        block_on(async move {
+            let client = match source.zip(server) {
+                None => {
+                    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    client
+                }
+                Some((source, server)) => {
+                    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                    socket
+                        .bind(std::net::SocketAddr::new(source, 0))
+                        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+                    let stream = socket
+                        .connect(server)
+                        .await
+                        .unwrap_or_else(|e| panic!("connect {server} from {source}: {e}"));
+                    let (client, connection) =
+                        config.connect_raw(stream, tokio_postgres::NoTls).await?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    client
+                }
+            };
+            let rows = client.query(sql.as_str(), &[]).await?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        })
+    }
+}
