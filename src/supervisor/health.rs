@@ -134,12 +134,14 @@ impl Supervisor {
             }
             Verdict::Fail => {
                 h.failures += 1;
+                // Not unhealthy yet, but not known healthy either.
+                h.health.get_or_insert(Health::Starting);
                 if h.failures >= spec.retries.max(1) && h.health != Some(Health::Unhealthy) {
                     h.health = Some(Health::Unhealthy);
                     tracing::warn!(
-                        "{name} is unhealthy: {} after {} tries",
-                        report.detail,
-                        h.failures
+                        "{name} is unhealthy ({} failed probes in a row): {}",
+                        h.failures,
+                        report.detail
                     );
                     if spec.on_unhealthy == OnUnhealthy::Restart {
                         self.begin_restart(id, now);
