@@ -20,7 +20,8 @@ const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
 pub struct Binaries {
     /// Directory holding initdb, postgres and psql.
     pub dir: PathBuf,
-    /// The server's version as `postgres --version` prints it, e.g. "15.18".
+    /// The server's version: the major version when the Debian layout names it ("15"),
+    /// otherwise as `postgres --version` prints it ("15.18").
     pub version: String,
     /// How the directory was found: "config", "PG_BINDIR", "pg_config",
     /// "/usr/lib/postgresql" or "PATH".
@@ -36,15 +37,20 @@ impl Binaries {
 
 /// Finds the binaries in the documented order. A directory the user named explicitly (config
 /// or PG_BINDIR) that lacks a program is an error rather than a reason to look elsewhere.
-/// Runs `pg_config --bindir` and `postgres --version` through `reaper`; it only reads their
-/// output, so it does not need the reaping loop to be running yet.
+/// May run `pg_config --bindir` and `postgres --version` through `reaper`, and waits for them
+/// to be reaped, so the reaping loop must be running.
 pub fn locate_binaries(
     settings: &Settings,
     env: &HashMap<String, String>,
     reaper: &Reaper,
 ) -> Result<Binaries, String> {
     let (dir, source) = find_dir(settings, env, reaper)?;
-    let version = server_version(&dir, settings, reaper)?;
+    // The Debian layout (also the official image's) names the major version: one process
+    // fewer on every start.
+    let version = match debian_major(&dir) {
+        Some(major) => major,
+        None => server_version(&dir, settings, reaper)?,
+    };
     Ok(Binaries {
         dir,
         version,
@@ -140,6 +146,16 @@ fn version_key(name: &str) -> Option<Vec<u64>> {
         .collect()
 }
 
+/// "/usr/lib/postgresql/15/bin" -> "15".
+fn debian_major(dir: &Path) -> Option<String> {
+    let parent = dir.strip_prefix(DEBIAN_ROOT).ok()?;
+    let mut parts = parent.components();
+    let major = parts.next()?.as_os_str().to_str()?;
+    let rest: Vec<_> = parts.collect();
+    (rest.len() == 1 && rest[0].as_os_str() == "bin" && version_key(major).is_some())
+        .then(|| major.to_string())
+}
+
 fn server_version(dir: &Path, settings: &Settings, reaper: &Reaper) -> Result<String, String> {
     let postgres = dir.join("postgres");
     let line = first_line_of(Command::new(&postgres).arg("--version"), settings, reaper)
@@ -225,7 +241,11 @@ mod tests {
         let env: HashMap<String, String> = std::env::vars().collect();
         let bins = locate_binaries(&settings, &env, &reaper).unwrap();
         assert_eq!(bins.dir, PathBuf::from("/usr/lib/postgresql/15/bin"));
-        assert!(bins.version.starts_with("15."), "{bins:?}");
+        assert_eq!(bins.version, "15", "{bins:?}");
+        assert!(server_version(&bins.dir, &settings, &reaper)
+            .unwrap()
+            .starts_with("15."));
+        assert_eq!(debian_major(Path::new("/opt/pg/bin")), None);
         assert!(
             ["pg_config", DEBIAN_ROOT].contains(&bins.source),
             "{bins:?}"
