@@ -32,8 +32,8 @@ const MAX_RESPONSE: usize = 1 << 20;
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections served at once. Only root (the socket is 0600) can connect, so this is a
-/// guard against a runaway script rather than an attacker; beyond it, connections are told
-/// so and closed at once.
+/// guard against a runaway script rather than an attacker; beyond it, new connections wait
+/// in the listen backlog until one finishes.
 const MAX_CONNECTIONS: usize = 32;
 
 /// What a client asks for.
@@ -364,6 +364,12 @@ async fn clear_stale(path: &Path) -> Result<(), String> {
 async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer_limit: Duration) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // With every slot taken, stop accepting: further clients wait in the kernel's
+        // backlog (each served connection is bounded in time), rather than being told
+        // "unhealthy" because of a burst of health checks.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -373,13 +379,6 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            // A fresh socket's send buffer has room: this cannot block.
-            let _ = stream.try_write(&encode(&Response::Error {
-                message: "too many connections to the control socket".into(),
-            }));
-            continue;
         };
         let requests = requests.clone();
         tokio::spawn(async move {
