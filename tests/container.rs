@@ -1,0 +1,984 @@
+//! The genie and agent images on a real Docker engine: health, the official postgres image's
+//! contract, data across stops and new containers, signals, zombies, the compose example.
+//!
+//! The images are built once per run with `images/build.sh genie agent`, which reuses the local
+//! base image, the release binary and Docker's layer cache. Without a reachable engine every test
+//! prints a skip line and passes, unless `CI` is set: there they fail, because CI must run them
+//! (`images/install-docker.sh` installs and starts an engine).
+//!
+//! Each test works in a [`Scope`]: every container, volume, network, image tag and compose
+//! project it creates has a name unique to the run and is removed when the scope drops, whether
+//! the test passed or not. Waits poll a condition until a deadline and fail with what they saw.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Repository root: images/, Dockerfiles and examples/ are found from here.
+const TOP: &str = env!("CARGO_MANIFEST_DIR");
+/// The image the second (client) container runs: it has psql and nothing of tandem's.
+const BASE_IMAGE: &str = "tandem-base:local";
+/// Start to healthy takes about two seconds; this bound is for a loaded 2-core CI machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// A clean `docker stop` takes well under a second; Docker's own SIGKILL comes at 10 s.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How often conditions are polled.
+const POLL: Duration = Duration::from_millis(100);
+/// Health-check timings for test containers: a quick first probe instead of the image's 5 s.
+const HEALTH_FLAGS: [&str; 3] = [
+    "--health-interval=500ms",
+    "--health-timeout=5s",
+    "--health-retries=3",
+];
+/// Lines PostgreSQL logs after an unclean stop; none may appear after a `docker stop`.
+const RECOVERY_LINES: [&str; 2] = [
+    "database system was not properly shut down",
+    "automatic recovery in progress",
+];
+const CLEAN_SHUTDOWN: &str = "database system is shut down";
+const INIT_SKIPPED: &str = "already holds a database";
+
+/// One of the two all-in-one images.
+#[derive(Clone, Copy)]
+struct Flavor {
+    image: &'static str,
+    port: u16,
+    user: &'static str,
+    db: &'static str,
+}
+
+const GENIE: Flavor = Flavor {
+    image: "tandem-genie:local",
+    port: 48886,
+    user: "genie",
+    db: "hive_genie",
+};
+const AGENT: Flavor = Flavor {
+    image: "tandem-agent:local",
+    port: 35532,
+    user: "agent",
+    db: "hive_agent",
+};
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn genie_image_becomes_healthy_and_serves_its_api() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    becomes_healthy_and_serves_its_api(&mut scope, GENIE);
+}
+
+#[test]
+fn agent_image_becomes_healthy_and_serves_its_api() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    becomes_healthy_and_serves_its_api(&mut scope, AGENT);
+}
+
+fn becomes_healthy_and_serves_its_api(scope: &mut Scope, flavor: Flavor) {
+    let volume = scope.volume();
+    let c = scope.run_app(flavor.image, flavor.port, &volume);
+    let started = Instant::now();
+    c.wait_healthy();
+    eprintln!("{}: healthy after {:?}", flavor.image, started.elapsed());
+
+    let addr = c.published(flavor.port);
+    let (status, body) = http(&addr, "GET", "/api/v1/health", None);
+    assert_eq!(status, 200, "{body}\n{}", c.logs());
+    assert!(
+        body.contains(&format!("\"database\":\"{}\"", flavor.db)),
+        "{body}"
+    );
+
+    // The image's HEALTHCHECK command answers in one line.
+    let out = c.exec(&["tandem", "healthcheck"]);
+    assert!(
+        out.status.success(),
+        "tandem healthcheck: {}\n{}",
+        show(&out),
+        c.logs()
+    );
+    let line = stdout(&out);
+    assert!(
+        line.starts_with("healthy") && line.lines().count() == 1,
+        "{}",
+        show(&out)
+    );
+
+    // tandem is PID 1 as root, PostgreSQL runs as postgres and the app as hive (uid 1000).
+    let ps = c.exec_ok(&["ps", "-eo", "pid=,user:20=,comm="]);
+    let procs: Vec<(u32, String, String)> = ps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((
+                f.next()?.parse().ok()?,
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+            ))
+        })
+        .collect();
+    let has = |pid: Option<u32>, user: &str, comm: &str| {
+        procs
+            .iter()
+            .any(|(p, u, c)| pid.map_or(true, |x| x == *p) && u == user && c == comm)
+    };
+    assert!(
+        has(Some(1), "root", "tandem"),
+        "PID 1 is not tandem as root:\n{ps}"
+    );
+    assert!(
+        has(None, "postgres", "postgres"),
+        "no postgres process as postgres:\n{ps}"
+    );
+    assert!(
+        procs
+            .iter()
+            .any(|(_, u, c)| u == "hive" && (c == "uvicorn" || c.starts_with("python3"))),
+        "the app does not run as hive:\n{ps}"
+    );
+    assert!(
+        !procs.iter().any(|(_, u, c)| u == "root" && c == "postgres"),
+        "PostgreSQL runs as root:\n{ps}"
+    );
+    assert_eq!(c.exec_ok(&["id", "-u", "hive"]), "1000");
+}
+
+/// The official postgres image's test suite uses values with spaces (and quotes); they must
+/// work for initdb, the database name, auth over TCP from another container, and the app's
+/// DATABASE_URL (the container only turns healthy when the app reaches its database).
+#[test]
+fn postgres_variables_with_spaces_work_over_tcp_from_another_container() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    const USER: &str = "my cool postgres user";
+    const PASSWORD: &str = "my 'cool' postgres password";
+    const DB: &str = "my cool postgres database";
+    let network = scope.network();
+    let volume = scope.volume();
+    let env = [
+        format!("POSTGRES_USER={USER}"),
+        format!("POSTGRES_PASSWORD={PASSWORD}"),
+        format!("POSTGRES_DB={DB}"),
+    ];
+    let c = scope.run(
+        GENIE.image,
+        &[
+            &["--network", &network],
+            &["-v", &format!("{volume}:/var/lib/postgresql/data")][..],
+            &env_flags(&env)[..],
+        ]
+        .concat(),
+    );
+    c.wait_healthy();
+
+    let psql = |scope: &mut Scope, password: &str| {
+        let name = scope.name("psql");
+        scope.containers.push(name.clone());
+        let host = &c.name;
+        docker(&[
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            &network,
+            "-e",
+            &format!("PGPASSWORD={password}"),
+            BASE_IMAGE,
+            "psql",
+            "-h",
+            host,
+            "-U",
+            USER,
+            "-d",
+            DB,
+            "-X",
+            "-At",
+            "-c",
+            "SELECT current_user || '|' || current_database()",
+        ])
+    };
+    let out = psql(&mut scope, PASSWORD);
+    assert!(
+        out.status.success(),
+        "psql over TCP failed: {}\n{}",
+        show(&out),
+        c.logs()
+    );
+    assert_eq!(stdout(&out), format!("{USER}|{DB}"));
+
+    // Password authentication really is on for other hosts.
+    let out = psql(&mut scope, "wrong password");
+    assert!(
+        !out.status.success(),
+        "a wrong password was accepted: {}",
+        show(&out)
+    );
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// Files added to /docker-entrypoint-initdb.d in a derived image run at the first start, in
+/// order (the .sql creates the table the .sh writes to), and never again.
+#[test]
+fn initdb_scripts_in_a_derived_image_run_once() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    let dir = scope.dir("initdb");
+    write(
+        &dir.join("10-schema.sql"),
+        concat!(
+            "CREATE TABLE IF NOT EXISTS init_runs (script text NOT NULL);\n",
+            "INSERT INTO init_runs VALUES ('10-schema.sql');\n",
+        ),
+    );
+    // Not executable and written the way users write them for the official image.
+    write(&dir.join("20-seed.sh"), concat!(
+        "set -e\n",
+        "psql -v ON_ERROR_STOP=1 --username \"$POSTGRES_USER\" --dbname \"$POSTGRES_DB\" <<'EOSQL'\n",
+        "INSERT INTO init_runs VALUES ('20-seed.sh');\n",
+        "EOSQL\n",
+    ));
+    write(
+        &dir.join("Dockerfile"),
+        &format!(
+            "FROM {}\nCOPY 10-schema.sql 20-seed.sh /docker-entrypoint-initdb.d/\n",
+            GENIE.image
+        ),
+    );
+    let image = scope.build_image(&dir);
+
+    let volume = scope.volume();
+    let c = scope.run_app(&image, GENIE.port, &volume);
+    c.wait_healthy();
+    let runs = || {
+        c.psql(
+            GENIE,
+            "SELECT string_agg(script, ',' ORDER BY script) FROM init_runs",
+        )
+    };
+    assert_eq!(runs(), "10-schema.sql,20-seed.sh", "{}", c.logs());
+
+    c.stop();
+    c.start();
+    c.wait_healthy();
+    assert_eq!(
+        runs(),
+        "10-schema.sql,20-seed.sh",
+        "init scripts ran again:\n{}",
+        c.logs()
+    );
+    assert_eq!(c.logs().matches(INIT_SKIPPED).count(), 1, "{}", c.logs());
+}
+
+/// Rows written through the API survive `docker stop` + `docker start` and a new container on
+/// the same volume; every stop is quick, clean (no recovery at the next start) and exits 0.
+#[test]
+fn notes_survive_stop_start_and_a_new_container_on_the_same_volume() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    let volume = scope.volume();
+    let first = scope.run_app(GENIE.image, GENIE.port, &volume);
+    first.wait_healthy();
+    let addr = first.published(GENIE.port);
+    for text in ["one", "two", "three"] {
+        let (status, body) = http(
+            &addr,
+            "POST",
+            "/api/v1/notes",
+            Some(&format!("{{\"text\":\"{text}\"}}")),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let notes = |c: &Container| {
+        let (status, body) = http(&c.published(GENIE.port), "GET", "/api/v1/notes", None);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["text"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let expected = ["one", "two", "three"];
+    assert_eq!(notes(&first), expected);
+    assert!(!first.logs().contains(INIT_SKIPPED), "{}", first.logs());
+
+    first.stop_cleanly();
+    first.start();
+    first.wait_healthy();
+    assert_eq!(notes(&first), expected, "{}", first.logs());
+    let logs = first.logs();
+    assert_eq!(
+        logs.matches(INIT_SKIPPED).count(),
+        1,
+        "the second start did not skip init:\n{logs}"
+    );
+    first.stop_cleanly();
+    first.remove();
+
+    let second = scope.run_app(GENIE.image, GENIE.port, &volume);
+    second.wait_healthy();
+    assert_eq!(notes(&second), expected, "{}", second.logs());
+    assert!(second.logs().contains(INIT_SKIPPED), "{}", second.logs());
+    second.stop_cleanly();
+}
+
+/// SIGHUP reaches PostgreSQL as a reload. Health checks (Docker's own every 500 ms, 200
+/// `docker exec tandem healthcheck`s) and orphans re-parented to PID 1 (what a health check
+/// killed on timeout leaves, moby#47583) leave no zombie behind.
+#[test]
+fn sighup_reloads_postgres_and_health_checks_leave_no_zombies() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    let volume = scope.volume();
+    let c = scope.run_app(GENIE.image, GENIE.port, &volume);
+    c.wait_healthy();
+
+    docker_ok(&["kill", "--signal", "HUP", &c.name]);
+    c.wait_log("received SIGHUP, reloading configuration files");
+    assert!(c.running(), "SIGHUP stopped the container:\n{}", c.logs());
+
+    const CHECKS: usize = 200;
+    const THREADS: usize = 8;
+    thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..CHECKS / THREADS {
+                    let out = c.exec(&["tandem", "healthcheck"]);
+                    assert!(out.status.success(), "tandem healthcheck: {}", show(&out));
+                }
+            });
+        }
+        // Each `sh` exits at once; its sleeps are re-parented to PID 1, which must reap them.
+        s.spawn(|| {
+            for _ in 0..10 {
+                c.exec_ok(&["sh", "-c", "sleep 0.2 & sleep 0.1 & exit 0"]);
+            }
+        });
+    });
+    // A burst of 200 orphaned health checks at once. tandem serves at most 32 control
+    // connections and answers the rest "unhealthy" at once, so only their reaping is checked
+    // (and only after the checks above, which must all pass).
+    c.exec_ok(&[
+        "sh",
+        "-c",
+        concat!(
+            "i=0; while [ $i -lt 200 ]; do ",
+            "tandem healthcheck >/dev/null 2>&1 & i=$((i+1)); done; exit 0",
+        ),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = c.exec_ok(&["ps", "-eo", "stat=,pid=,ppid=,comm="]);
+        let left: Vec<&str> = ps
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f[0].starts_with('Z') || f[3] == "sleep" || (f[3] == "tandem" && f[1] != "1")
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zombies or orphans left in the container:\n{ps}"
+        );
+        thread::sleep(POLL);
+    }
+    assert_eq!(c.health(), "healthy", "{}", c.logs());
+}
+
+/// Like the official image: no password on an empty volume is an error at once, with a message
+/// that names POSTGRES_PASSWORD, and nothing half-initialised left on the volume.
+#[test]
+fn missing_password_on_an_empty_volume_fails_with_a_clear_message() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    let volume = scope.volume();
+    let c = scope.run(
+        GENIE.image,
+        &["-v", &format!("{volume}:/var/lib/postgresql/data")],
+    );
+    let code = c.wait_exit(Duration::from_secs(30));
+    let logs = c.logs();
+    assert_ne!(code, 0, "exited 0 without a password:\n{logs}");
+    assert!(
+        logs.contains("POSTGRES_PASSWORD"),
+        "the message does not name POSTGRES_PASSWORD:\n{logs}"
+    );
+    let listing = docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{volume}:/data"),
+        BASE_IMAGE,
+        "ls",
+        "-A",
+        "/data",
+    ]);
+    assert_eq!(
+        listing, "",
+        "the volume is not empty after the failed start"
+    );
+}
+
+/// `docker-compose up -d` of the genie example (Debian's docker-compose 1.29) comes up healthy;
+/// `docker-compose down` stops it cleanly.
+#[test]
+fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    if !have_compose() {
+        return;
+    }
+    // The example's own health interval is 10 s; the test only shortens it, in an override
+    // file the way users layer their own settings.
+    let dir = scope.dir("compose");
+    let override_file = dir.join("docker-compose.override.yml");
+    write(
+        &override_file,
+        concat!(
+            "version: \"2.4\"\n",
+            "services:\n",
+            "  genie-server:\n",
+            "    healthcheck:\n",
+            "      interval: 500ms\n",
+        ),
+    );
+    let project = scope.compose_project(
+        &[
+            &format!("{TOP}/examples/compose/docker-compose-genie.yml"),
+            override_file.to_str().unwrap(),
+        ],
+        &[
+            ("GENIE_IMAGE", GENIE.image),
+            ("GENIE_PORT", "127.0.0.1:"),
+            ("POSTGRES_PASSWORD", "compose password"),
+        ],
+    );
+    let out = project.run(&["up", "-d"]);
+    assert!(out.status.success(), "docker-compose up: {}", show(&out));
+    let id = stdout(&project.run(&["ps", "-q", "genie-server"]));
+    assert!(
+        !id.is_empty(),
+        "docker-compose ps found no genie-server container"
+    );
+    let c = Container { name: id };
+    c.wait_healthy();
+    let (status, body) = http(&c.published(GENIE.port), "GET", "/api/v1/health", None);
+    assert_eq!(status, 200, "{body}");
+
+    // `down` removes the container; watch its exit code and logs from outside while it stops.
+    let exit = Command::new("docker")
+        .args(["wait", &c.name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = Command::new("sh")
+        .args(["-c", "exec docker logs -f \"$0\" 2>&1", &c.name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let out = project.run(&["down", "-v"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "docker-compose down: {}", show(&out));
+    let code = String::from_utf8_lossy(&exit.wait_with_output().unwrap().stdout)
+        .trim()
+        .to_string();
+    let logs = String::from_utf8_lossy(&logs.wait_with_output().unwrap().stdout).to_string();
+    eprintln!("docker-compose down took {took:?}");
+    assert_eq!(code, "0", "exit code after down:\n{logs}");
+    assert!(
+        logs.contains(CLEAN_SHUTDOWN),
+        "no clean PostgreSQL shutdown:\n{logs}"
+    );
+    assert!(took < STOP_LIMIT * 2, "docker-compose down took {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine, images, scope
+
+/// Whether the engine answers; without it tests skip, or fail under CI.
+fn engine_ready() -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = READY.get_or_init(|| {
+        let out = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(stderr(&o)),
+            Err(e) => Err(format!("cannot run docker: {e}")),
+        }
+    });
+    match result {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but no Docker engine answers ({why}); run images/install-docker.sh first")
+        }
+        Err(why) => {
+            eprintln!("skipped: no Docker engine ({why}); images/install-docker.sh starts one");
+            false
+        }
+    }
+}
+
+/// Builds tandem-genie:local and tandem-agent:local once per test binary.
+fn images_built() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .args([&format!("{TOP}/images/build.sh"), "genie", "agent"])
+            .output()
+            .map_err(|e| format!("cannot run images/build.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "images/build.sh genie agent failed: {}",
+                show(&out)
+            ));
+        }
+        eprintln!(
+            "images/build.sh genie agent: {:?}\n{}",
+            started.elapsed(),
+            stdout(&out)
+        );
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn have_compose() -> bool {
+    if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but docker-compose is missing; run images/install-docker.sh"
+    );
+    eprintln!("skipped: docker-compose is not installed");
+    false
+}
+
+/// Everything one test creates, removed on drop (also when the test panics).
+struct Scope {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    networks: Vec<String>,
+    images: Vec<String>,
+    projects: Vec<Project>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Scope {
+    /// None (after printing why) when the test should skip.
+    fn new() -> Option<Scope> {
+        if !engine_ready() {
+            return None;
+        }
+        images_built();
+        Some(Scope {
+            containers: vec![],
+            volumes: vec![],
+            networks: vec![],
+            images: vec![],
+            projects: vec![],
+            dirs: vec![],
+        })
+    }
+
+    /// A name unique to this test run: pid and a counter.
+    fn name(&mut self, what: &str) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("tandem-test-{}-{n}-{what}", std::process::id())
+    }
+
+    fn volume(&mut self) -> String {
+        let name = self.name("data");
+        self.volumes.push(name.clone());
+        docker_ok(&["volume", "create", &name]);
+        name
+    }
+
+    fn network(&mut self) -> String {
+        let name = self.name("net");
+        self.networks.push(name.clone());
+        docker_ok(&["network", "create", &name]);
+        name
+    }
+
+    fn dir(&mut self, what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(self.name(what));
+        self.dirs.push(dir.clone());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// `docker build` of a directory with the legacy builder, as images/build.sh does.
+    fn build_image(&mut self, dir: &Path) -> String {
+        let tag = format!("{}:test", self.name("image"));
+        self.images.push(tag.clone());
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", &tag])
+            .arg(dir)
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker build {}: {}",
+            dir.display(),
+            show(&out)
+        );
+        tag
+    }
+
+    /// `docker run -d` with the test health timings; `args` go before the image.
+    fn run(&mut self, image: &str, args: &[&str]) -> Container {
+        let name = self.name("c");
+        self.containers.push(name.clone());
+        let mut all = vec!["run", "-d", "--name", &name];
+        all.extend(HEALTH_FLAGS);
+        all.extend(args);
+        all.push(image);
+        docker_ok(&all);
+        Container { name }
+    }
+
+    /// An app container with a password, its data on `volume`, its API port published on
+    /// loopback only.
+    fn run_app(&mut self, image: &str, port: u16, volume: &str) -> Container {
+        let mount = format!("{volume}:/var/lib/postgresql/data");
+        let publish = format!("127.0.0.1::{port}");
+        self.run(
+            image,
+            &[
+                "-e",
+                "POSTGRES_PASSWORD=test password",
+                "-v",
+                &mount,
+                "-p",
+                &publish,
+            ],
+        )
+    }
+
+    fn compose_project(&mut self, files: &[&str], env: &[(&str, &str)]) -> Project {
+        let project = Project {
+            name: self.name("compose").replace('-', ""),
+            files: files.iter().map(|f| f.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        self.projects.push(project.clone());
+        project
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        for p in &self.projects {
+            p.run(&["down", "-v", "--remove-orphans"]);
+        }
+        if !self.containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(self.containers.iter().map(String::as_str));
+            docker_quiet(&args);
+        }
+        for net in &self.networks {
+            docker_quiet(&["network", "rm", net]);
+        }
+        for vol in &self.volumes {
+            docker_quiet(&["volume", "rm", "-f", vol]);
+        }
+        for image in &self.images {
+            docker_quiet(&["rmi", "-f", image]);
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A docker-compose project: its name, files and the environment its files interpolate.
+#[derive(Clone)]
+struct Project {
+    name: String,
+    files: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["--ansi", "never", "-p", &self.name]);
+        for f in &self.files {
+            cmd.args(["-f", f]);
+        }
+        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.output().expect("cannot run docker-compose")
+    }
+}
+
+/// A container by name (or id).
+struct Container {
+    name: String,
+}
+
+impl Container {
+    fn inspect(&self, format: &str) -> String {
+        docker_ok(&["inspect", "--format", format, &self.name])
+    }
+
+    fn running(&self) -> bool {
+        self.inspect("{{.State.Running}}") == "true"
+    }
+
+    fn health(&self) -> String {
+        self.inspect("{{if .State.Health}}{{.State.Health.Status}}{{end}}")
+    }
+
+    /// Polls until Docker reports the container healthy; fails at once if it exits.
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let state = self
+                .inspect("{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}");
+            match state.as_str() {
+                "running healthy" => return,
+                s if !s.starts_with("running") && !s.starts_with("created") => {
+                    panic!(
+                        "{} is {s} instead of turning healthy:\n{}",
+                        self.name,
+                        self.logs()
+                    )
+                }
+                s if Instant::now() > deadline => {
+                    panic!(
+                        "{} still {s} after {START_TIMEOUT:?}:\n{}",
+                        self.name,
+                        self.logs()
+                    )
+                }
+                _ => thread::sleep(POLL),
+            }
+        }
+    }
+
+    fn wait_exit(&self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        while self.running() {
+            assert!(
+                Instant::now() < deadline,
+                "{} still runs after {timeout:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            thread::sleep(POLL);
+        }
+        self.inspect("{{.State.ExitCode}}").parse().unwrap()
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.logs()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// stdout and stderr together, as `docker logs` has them (each stream in order).
+    fn logs(&self) -> String {
+        let out = docker(&["logs", &self.name]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The host address a container port is published on.
+    fn published(&self, port: u16) -> String {
+        let out = docker_ok(&["port", &self.name, &format!("{port}/tcp")]);
+        out.lines()
+            .find(|l| l.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("port {port} is not published on 127.0.0.1: {out}"))
+            .to_string()
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        let mut all = vec!["exec", &self.name];
+        all.extend(args);
+        docker(&all)
+    }
+
+    fn exec_ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(out.status.success(), "docker exec {args:?}: {}", show(&out));
+        stdout(&out)
+    }
+
+    /// A query over the local socket, as the superuser, in the flavour's database.
+    fn psql(&self, flavor: Flavor, sql: &str) -> String {
+        self.exec_ok(&[
+            "psql",
+            "-X",
+            "-At",
+            "-U",
+            flavor.user,
+            "-d",
+            flavor.db,
+            "-c",
+            sql,
+        ])
+    }
+
+    fn start(&self) {
+        docker_ok(&["start", &self.name]);
+    }
+
+    fn stop(&self) -> Duration {
+        let started = Instant::now();
+        docker_ok(&["stop", &self.name]);
+        started.elapsed()
+    }
+
+    /// `docker stop`, then what a clean stop means: quick, exit code 0 (uvicorn exits 0 on
+    /// SIGTERM), PostgreSQL shut down with a checkpoint, and no recovery at any start so far.
+    fn stop_cleanly(&self) {
+        let shutdowns = self.logs().matches(CLEAN_SHUTDOWN).count();
+        let took = self.stop();
+        eprintln!("docker stop {}: {took:?}", self.name);
+        let logs = self.logs();
+        assert!(took < STOP_LIMIT, "docker stop took {took:?}:\n{logs}");
+        assert_eq!(
+            self.inspect("{{.State.ExitCode}}"),
+            "0",
+            "exit code after docker stop:\n{logs}"
+        );
+        assert_eq!(
+            logs.matches(CLEAN_SHUTDOWN).count(),
+            shutdowns + 1,
+            "no clean shutdown:\n{logs}"
+        );
+        for line in RECOVERY_LINES {
+            assert!(
+                !logs.contains(line),
+                "{line:?} after a docker stop:\n{logs}"
+            );
+        }
+    }
+
+    fn remove(&self) {
+        docker_ok(&["rm", "-v", &self.name]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("cannot run docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", show(&out));
+    stdout(&out)
+}
+
+/// For clean-up: errors (already gone) do not matter.
+fn docker_quiet(args: &[&str]) {
+    let _ = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    )
+}
+
+fn env_flags(vars: &[String]) -> Vec<&str> {
+    vars.iter().flat_map(|v| ["-e", v.as_str()]).collect()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
+fn http(addr: &str, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = json.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response from {addr}: {response:?}"));
+    (status, body.to_string())
+}
