@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian 12 machine as root, installing what it needs:
+# PostgreSQL 15 for the integration tests, the compressors the init scripts use, a Docker
+# engine (started in the background) and mmdebstrap for the container tests.
+# Formatting and lints first, then every test: unit, integration (tandem as a real PID 1
+# in its own PID namespace), container (images built locally, run in a real engine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+for tool in gzip xz zstd unshare; do
+    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    # Tool names that differ from their package names.
+    pkgs=$(printf '%s\n' "${need[@]}" | sed -e 's/^xz$/xz-utils/' -e 's/^unshare$/util-linux/')
+    echo "test: installing $pkgs"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+fi
+# Debian's postgresql package starts a cluster of its own on 5432; the tests bring their own.
+if command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters --no-header 2>/dev/null | while read -r ver name _; do
+        pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true
+    done
+fi
+bash images/install-docker.sh
+
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo build --release
+cargo test --all-targets "$@"
