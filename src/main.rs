@@ -22,7 +22,12 @@ Environment: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (and their _FILE vari
 POSTGRES_INITDB_ARGS, POSTGRES_INITDB_WALDIR, POSTGRES_HOST_AUTH_METHOD, PGDATA, PGPORT,
 PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_APP_USER,
 TANDEM_APP_STOP_SIGNAL, TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR,
-TANDEM_PG_SOCKET_DIR, TANDEM_LOG_FORMAT (json), TANDEM_LOG (debug|info|warn).
+TANDEM_PG_SOCKET_DIR, TANDEM_SOCKET (default /run/tandem.sock), TANDEM_LOG_FORMAT (json),
+TANDEM_LOG (debug|info|warn).
+
+Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD give the app a
+probe; PostgreSQL always has one. TANDEM_{APP,PG}_HEALTH_{INTERVAL,TIMEOUT,RETRIES,START_PERIOD}
+and TANDEM_{APP,PG}_ON_UNHEALTHY (restart|report) tune them.
 
 Exit codes: the app's (128+N if killed by signal N); 1 tandem could not start (bad
 input, initialisation failed); 2 usage; 3 a required service failed while running;
