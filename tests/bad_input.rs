@@ -205,3 +205,22 @@ fn command_not_executable_exits_126_and_stops_postgres() {
         ));
     }
 }
+
+#[test]
+fn postgres_that_exits_before_ready_is_a_start_failure() {
+    let sandbox = Sandbox::new("bad-conf");
+    let env = sandbox.env_with_db();
+    let mut first = Tandem::start(&env);
+    first.wait_app_ready();
+    assert_eq!(first.stop(), 0, "the first start stops cleanly");
+    // A setting PostgreSQL refuses: the server exits at once, before it is ready.
+    let conf = sandbox.pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nshared_buffers = 'lots'\n");
+    std::fs::write(&conf, text).unwrap();
+    let tandem = expect_failure(&env, &[&testapp()], None, 1, &["before it was ready"]);
+    assert!(
+        tandem.log.contains("shared_buffers"),
+        "PostgreSQL's own reason is in the log"
+    );
+}

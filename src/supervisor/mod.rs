@@ -403,6 +403,11 @@ impl Supervisor {
         let name = svc.spec.name.clone();
         if svc.spec.kind == Kind::Oneshot && exit.success() {
             tracing::info!("{name} completed");
+        } else if svc.spec.needs_ready && !svc.ready {
+            // It never came up: a start failure (bad configuration, say), not a crash.
+            svc.failed = true;
+            tracing::error!("{name} {exit} before it was ready (its log above says why)");
+            self.begin_shutdown(now, Some(EXIT_START_FAILED), None);
         } else if svc.spec.main {
             tracing::info!("{name} {exit}; stopping the other services");
             self.begin_shutdown(now, Some(exit.shell_code()), None);

@@ -749,3 +749,24 @@ fn a_restart_cut_short_by_sigterm_stays_stopped_within_the_budget() {
     assert_eq!(starts, 1, "not started again");
     assert!(probes_at(&h, APP).iter().all(|t| *t < 3100 * MS));
 }
+
+#[test]
+fn postgres_exiting_before_ready_is_a_start_failure() {
+    let mut h = Harness::pair();
+    h.at(
+        Duration::ZERO,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    h.at(
+        80 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(1),
+        },
+    );
+    assert_eq!(h.exit_code(), Some(EXIT_START_FAILED));
+    assert!(!h.actions().contains(&Action::Start(APP)));
+}
