@@ -122,6 +122,12 @@ impl Harness {
         );
     }
 
+    /// A probe result for `id` arriving `ms` after the start.
+    fn probe_at(&mut self, ms: u64, id: Id, verdict: Verdict, detail: &str) {
+        let report = probe(verdict, detail);
+        self.at(Duration::from_millis(ms), Event::Probe { id, report });
+    }
+
     fn actions(&self) -> Vec<Action> {
         self.log.iter().map(|(_, a)| a.clone()).collect()
     }
@@ -604,35 +610,17 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
     h.up();
     assert_eq!(probes_at(&h, APP), vec![401 * MS], "first probe at start");
     // Failures inside the start period do not count; the cadence is fast until healthy.
-    h.at(
-        402 * MS,
-        Event::Probe {
-            id: APP,
-            report: probe(Verdict::Fail, "connection refused"),
-        },
-    );
+    h.probe_at(402, APP, Verdict::Fail, "connection refused");
     h.run_until(h.t0 + 652 * MS);
     assert_eq!(probes_at(&h, APP), vec![401 * MS, 652 * MS]);
-    h.at(
-        660 * MS,
-        Event::Probe {
-            id: APP,
-            report: probe(Verdict::Ok, "ok"),
-        },
-    );
+    h.probe_at(660, APP, Verdict::Ok, "ok");
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
     // Healthy: the next probe comes an interval later.
     h.run_until(h.t0 + 5660 * MS);
     assert_eq!(probes_at(&h, APP).last(), Some(&(5660 * MS)));
     for (i, t) in [5661u64, 10_661, 15_661].into_iter().enumerate() {
         h.run_until(h.t0 + Duration::from_millis(t - 1));
-        h.at(
-            Duration::from_millis(t),
-            Event::Probe {
-                id: APP,
-                report: probe(Verdict::Fail, "http 503"),
-            },
-        );
+        h.probe_at(t, APP, Verdict::Fail, "http 503");
         assert_eq!(h.sup.health(APP).1, i as u32 + 1);
     }
     assert_eq!(h.sup.health(APP).0, Some(Health::Unhealthy));
@@ -664,39 +652,15 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
 fn unhealthy_with_report_policy_only_reports() {
     let mut h = with_app_probe(OnUnhealthy::Report);
     h.up();
-    h.at(
-        3000 * MS,
-        Event::Probe {
-            id: APP,
-            report: probe(Verdict::Fail, "http 503"),
-        },
-    );
-    h.at(
-        3001 * MS,
-        Event::Probe {
-            id: APP,
-            report: probe(Verdict::Fail, "http 503"),
-        },
-    );
-    h.at(
-        3002 * MS,
-        Event::Probe {
-            id: APP,
-            report: probe(Verdict::Fail, "http 503"),
-        },
-    );
+    h.probe_at(3000, APP, Verdict::Fail, "http 503");
+    h.probe_at(3001, APP, Verdict::Fail, "http 503");
+    h.probe_at(3002, APP, Verdict::Fail, "http 503");
     assert_eq!(h.sup.health(APP), (Some(Health::Unhealthy), 3));
     assert!(!h
         .actions()
         .iter()
         .any(|a| matches!(a, Action::Signal { .. })));
-    h.at(
-        3003 * MS,
-        Event::Probe {
-            id: APP,
-            report: probe(Verdict::Ok, "ok"),
-        },
-    );
+    h.probe_at(3003, APP, Verdict::Ok, "ok");
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
 }
 
@@ -705,13 +669,7 @@ fn starting_answers_never_count_as_failures() {
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     for t in 3000..3010 {
-        h.at(
-            t * MS,
-            Event::Probe {
-                id: APP,
-                report: probe(Verdict::Starting, "starting up"),
-            },
-        );
+        h.probe_at(t, APP, Verdict::Starting, "starting up");
     }
     assert_eq!(h.sup.health(APP), (Some(Health::Starting), 0));
 }
@@ -721,13 +679,7 @@ fn a_restart_cut_short_by_sigterm_stays_stopped_within_the_budget() {
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     for t in 3000..3003 {
-        h.at(
-            t * MS,
-            Event::Probe {
-                id: APP,
-                report: probe(Verdict::Fail, "http 503"),
-            },
-        );
+        h.probe_at(t, APP, Verdict::Fail, "http 503");
     }
     assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(3002 * MS));
     h.at(3100 * MS, Event::Signal(Signal::SIGTERM));
