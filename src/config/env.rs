@@ -257,7 +257,8 @@ mod tests {
             cmd.iter().map(OsString::from).collect(),
             &map,
             &os,
-            &Reaper::new(),
+            // Finding PostgreSQL waits for `pg_config`: the test binary's reaper collects it.
+            &crate::postgres::testutil::reaper(),
         )
     }
 

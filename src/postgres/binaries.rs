@@ -207,8 +207,13 @@ fn first_line_of(
         })?;
     }
     // Wait for it to be reaped, so nothing we started is still exiting when we move on (or
-    // exit on an error). The caller has the reaper running.
-    let _ = spawned.exit.blocking_recv();
+    // exit on an error). The caller has the reaper running. The wait happens on a thread of
+    // its own because tokio forbids blocking receives on a runtime's thread (tests call this
+    // from async code; tandem itself before its runtime starts).
+    let exit = spawned.exit;
+    std::thread::scope(|s| {
+        let _ = s.spawn(move || exit.blocking_recv()).join();
+    });
     Ok(out.lines().next().unwrap_or("").trim().to_string())
 }
 
