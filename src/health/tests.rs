@@ -221,7 +221,7 @@ async fn exec_exit_status_output_and_environment() {
 #[tokio::test]
 async fn exec_runs_as_the_given_user() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root to switch users");
+        crate::postgres::testutil::skip("needs root to switch users");
         return;
     }
     let pg = Identity::lookup("postgres").unwrap();
@@ -538,7 +538,7 @@ impl Drop for Pg {
 #[tokio::test]
 async fn postgres_probe_logs_in_for_real() {
     if !nix::unistd::Uid::effective().is_root() || !Path::new(PG_BIN).exists() {
-        eprintln!("skipped: needs root and PostgreSQL 15 in {PG_BIN}");
+        crate::postgres::testutil::skip(&format!("needs root and PostgreSQL 15 in {PG_BIN}"));
         return;
     }
     let p = prober();

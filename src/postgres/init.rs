@@ -974,7 +974,7 @@ mod tests {
     #[tokio::test]
     async fn first_start_initialises_like_the_official_image_then_skips() {
         if !Uid::effective().is_root() {
-            eprintln!("skipped: needs root to run PostgreSQL as the postgres user");
+            testutil::skip("needs root to run PostgreSQL as the postgres user");
             return;
         }
         crate::logs::init(false);
@@ -1185,7 +1185,7 @@ EOSQL
     #[tokio::test]
     async fn failing_script_stops_the_temp_server_and_blocks_the_next_start() {
         if !Uid::effective().is_root() {
-            eprintln!("skipped: needs root to run PostgreSQL as the postgres user");
+            testutil::skip("needs root to run PostgreSQL as the postgres user");
             return;
         }
         let root = TempDir::new("failing");
@@ -1380,7 +1380,7 @@ EOSQL
         )
         .await;
         if !exit.success() {
-            eprintln!("skipped the chown failure case: chattr +i is not supported here");
+            testutil::skip("the chown failure case: chattr +i is not supported here");
             return;
         }
         struct Unfreeze(PathBuf);
