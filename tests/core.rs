@@ -170,14 +170,7 @@ fn initdb_scripts_run_once_in_sorted_order() {
     );
 
     let env = sandbox.env_with_db();
-    let db = Db {
-        host: "127.0.0.1",
-        source: None,
-        port: sandbox.pg_port,
-        user: "tester",
-        password: env.get("POSTGRES_PASSWORD"),
-        dbname: "testdb",
-    };
+    let db = sandbox.test_db(&env);
     let expected = [
         "01-create.sql",
         "02-gz.sql.gz",
@@ -214,14 +207,7 @@ fn second_start_skips_initialisation() {
         0o755,
     );
     let env = sandbox.env_with_db();
-    let db = Db {
-        host: "127.0.0.1",
-        source: None,
-        port: sandbox.pg_port,
-        user: "tester",
-        password: env.get("POSTGRES_PASSWORD"),
-        dbname: "testdb",
-    };
+    let db = sandbox.test_db(&env);
     let count_runs = || db.query_texts("SELECT count(*)::text FROM init_runs");
 
     let mut first = Tandem::start(&env);

@@ -151,6 +151,18 @@ impl Sandbox {
         env
     }
 
+    /// The database of [`Sandbox::env_with_db`], over TCP from 127.0.0.1 (trust).
+    pub fn test_db<'a>(&self, env: &'a Env) -> Db<'a> {
+        Db {
+            host: "127.0.0.1",
+            source: None,
+            port: self.pg_port,
+            user: "tester",
+            password: env.get("POSTGRES_PASSWORD"),
+            dbname: "testdb",
+        }
+    }
+
     /// Writes a file into initdb.d.
     pub fn init_script(&self, name: &str, content: &str, mode: u32) -> PathBuf {
         let path = self.initdb_dir.join(name);
