@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
 
 /// How lines are written, chosen once at start from `TANDEM_LOG_FORMAT` and the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,15 +94,18 @@ pub fn emit(source: &str, stream: Stream, line: &str) {
 
 /// Copies a child's pipe to our output line by line, prefixed with `source`, until EOF.
 /// Bytes that are not UTF-8 are replaced rather than dropped.
-pub fn pump(source: String, stream: Stream, fd: OwnedFd) {
+/// The returned receiver resolves (with an error: its sender is dropped) at EOF.
+pub fn pump(source: String, stream: Stream, fd: OwnedFd) -> Option<oneshot::Receiver<()>> {
     let rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
         Err(e) => {
             tracing::warn!("cannot read the output of {source}: {e}");
-            return;
+            return None;
         }
     };
+    let (eof_tx, eof_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
+        let _eof = eof_tx;
         let mut reader = BufReader::new(rx);
         let mut buf = Vec::with_capacity(256);
         loop {
@@ -120,6 +124,24 @@ pub fn pump(source: String, stream: Stream, fd: OwnedFd) {
     let mut pumps = PUMPS.lock().unwrap_or_else(|p| p.into_inner());
     pumps.retain(|h| !h.is_finished());
     pumps.push(handle);
+    Some(eof_rx)
+}
+
+/// The end of one child's output, to be awaited before its exit is reported, so that its
+/// last lines (PostgreSQL's "database system is shut down") come before tandem's line
+/// about its exit.
+pub struct Drained(Vec<oneshot::Receiver<()>>);
+
+impl Drained {
+    /// Waits for EOF on every pipe, at most `limit`: a grandchild may keep a pipe open.
+    pub async fn wait(self, limit: Duration) {
+        let all = async {
+            for eof in self.0 {
+                let _ = eof.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all).await;
+    }
 }
 
 /// Waits until every child's output has been copied out (its pipes closed), at most
@@ -135,13 +157,15 @@ pub async fn drain(limit: Duration) {
 }
 
 /// Attaches pumps to whatever stdout/stderr pipes `child` has.
-pub fn pump_child(source: &str, child: &mut std::process::Child) {
+pub fn pump_child(source: &str, child: &mut std::process::Child) -> Drained {
+    let mut ends = Vec::new();
     if let Some(out) = child.stdout.take() {
-        pump(source.to_string(), Stream::Stdout, OwnedFd::from(out));
+        ends.extend(pump(source.to_string(), Stream::Stdout, OwnedFd::from(out)));
     }
     if let Some(err) = child.stderr.take() {
-        pump(source.to_string(), Stream::Stderr, OwnedFd::from(err));
+        ends.extend(pump(source.to_string(), Stream::Stderr, OwnedFd::from(err)));
     }
+    Drained(ends)
 }
 
 /// tandem's own events, formatted like a child's lines under the name `tandem`.

@@ -28,6 +28,10 @@ pub use signals::{block_signals, spawn_reaper_thread, spawn_signal_thread};
 /// Only spent when something outside our process groups still holds a pipe open.
 const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a child's last output may still take to arrive after its exit before the exit
+/// is reported anyway (a grandchild holding the pipe open).
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What the runtime knows about one service's processes.
 struct Running {
     /// The main process (and process-group leader), once started.
@@ -139,15 +143,18 @@ fn start(
     }
 }
 
-/// Forwards the exit status of `spawned` to the supervisor when the reaper delivers it.
+/// Forwards the exit status of `spawned` to the supervisor when the reaper delivers it,
+/// once its last output lines are out.
 fn forward_exit(
     id: Id,
     exit: tokio::sync::oneshot::Receiver<crate::supervisor::Exit>,
+    output: logs::Drained,
     tx: &mpsc::UnboundedSender<Event>,
 ) {
     let tx = tx.clone();
     tokio::spawn(async move {
         if let Ok(exit) = exit.await {
+            output.wait(LAST_WORDS).await;
             let _ = tx.send(Event::Exited { id, exit });
         }
     });
@@ -179,12 +186,12 @@ fn start_command(
     );
     match reaper.spawn(&mut cmd) {
         Ok(mut spawned) => {
-            logs::pump_child(name, &mut spawned.child);
+            let output = logs::pump_child(name, &mut spawned.child);
             let _ = tx.send(Event::Started {
                 id,
                 pid: spawned.pid,
             });
-            forward_exit(id, spawned.exit, tx);
+            forward_exit(id, spawned.exit, output, tx);
         }
         Err(e) => {
             let _ = tx.send(Event::StartFailed {
@@ -240,7 +247,7 @@ async fn start_postgres(
         Ok(s) => s,
         Err(e) => return fail(format!("{name}: {e}")),
     };
-    logs::pump_child(name, &mut spawned.child);
+    let output = logs::pump_child(name, &mut spawned.child);
     let pid = spawned.pid;
     let _ = tx.send(Event::Started { id, pid });
     let mut exit = spawned.exit;
@@ -254,12 +261,13 @@ async fn start_postgres(
         },
         result = &mut exit => {
             if let Ok(exit) = result {
+                output.wait(LAST_WORDS).await;
                 let _ = tx.send(Event::Exited { id, exit });
             }
             return;
         }
     }
-    forward_exit(id, exit, tx);
+    forward_exit(id, exit, output, tx);
 }
 
 /// Runs a service's probe in the background and reports the verdict as an event.
