@@ -82,6 +82,10 @@ def one_run(n):
                 raise RuntimeError(f"{len(children(tandem)) - 1} children left after 30 s")
         return (time.monotonic() - released) * 1000, held
     finally:
+        try:
+            os.unlink(env["TANDEM_SOCKET"])
+        except FileNotFoundError:
+            pass
         unshare.send_signal(signal.SIGTERM)
         try:
             unshare.wait(timeout=10)

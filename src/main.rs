@@ -22,7 +22,7 @@ Environment: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (and their _FILE vari
 POSTGRES_INITDB_ARGS, POSTGRES_INITDB_WALDIR, POSTGRES_HOST_AUTH_METHOD, PGDATA, PGPORT,
 PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_APP_USER,
 TANDEM_APP_STOP_SIGNAL, TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR,
-TANDEM_PG_SOCKET_DIR, TANDEM_SOCKET (default /run/tandem.sock), TANDEM_LOG_FORMAT (json),
+TANDEM_PG_SOCKET_DIR, TANDEM_SOCKET (default /run/tandem.sock as root), TANDEM_LOG_FORMAT (json),
 TANDEM_LOG (debug|info|warn).
 
 Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD give the app a
@@ -182,12 +182,12 @@ fn run(cmd: Vec<OsString>) -> i32 {
     rt.block_on(runtime::run(plan, reaper, rx, tx))
 }
 
-/// Where the running tandem listens (`TANDEM_SOCKET`).
+/// Where the running tandem listens: the same rule as when it started.
 fn socket_path() -> PathBuf {
-    PathBuf::from(
-        std::env::var_os("TANDEM_SOCKET")
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| config::DEFAULT_SOCKET.into()),
+    let get = |k: &str| std::env::var(k).ok();
+    config::socket_path(
+        get("TANDEM_SOCKET").as_deref(),
+        get("XDG_RUNTIME_DIR").as_deref(),
     )
 }
 

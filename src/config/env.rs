@@ -2,12 +2,11 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
 
 use super::{
-    app_spec, health_spec, parse_duration, parse_signal, postgres_probe, postgres_spec, var,
-    CommandPlan, Launch, Plan, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
-    DEFAULT_SOCKET, DEFAULT_STOP_BUDGET,
+    app_spec, health_spec, parse_duration, parse_signal, postgres_probe, postgres_spec,
+    socket_path, var, CommandPlan, Launch, Plan, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH,
+    DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
 use crate::postgres;
@@ -45,7 +44,7 @@ pub fn from_env(
         Some(v) => parse_duration(v).map_err(|e| format!("TANDEM_STOP_TIMEOUT: {e}"))?,
         None => DEFAULT_STOP_BUDGET,
     };
-    let socket = PathBuf::from(var(env, "TANDEM_SOCKET").unwrap_or(DEFAULT_SOCKET));
+    let socket = socket_path(var(env, "TANDEM_SOCKET"), var(env, "XDG_RUNTIME_DIR"));
 
     let want_postgres = wants_postgres(env)?;
     if cmd.is_empty() && !want_postgres {

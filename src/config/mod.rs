@@ -21,8 +21,25 @@ pub use env::{direct_probes, from_env, PlanError};
 
 /// Docker waits 10 s between SIGTERM and SIGKILL; 9 s leaves tandem a second to spare.
 pub const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(9);
-/// Where `tandem healthcheck` and `tandem status` find the running tandem.
+/// Where `tandem healthcheck` and `tandem status` find the running tandem (as root).
 pub const DEFAULT_SOCKET: &str = "/run/tandem.sock";
+
+/// The control socket's path: `TANDEM_SOCKET`, else [`DEFAULT_SOCKET`] for root (the
+/// container case), else one in the user's runtime directory, so that tandem run by hand on
+/// a laptop and `tandem status` in another shell meet without configuration.
+pub fn socket_path(tandem_socket: Option<&str>, xdg_runtime_dir: Option<&str>) -> PathBuf {
+    if let Some(p) = tandem_socket.filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let uid = nix::unistd::Uid::effective();
+    if uid.is_root() {
+        return PathBuf::from(DEFAULT_SOCKET);
+    }
+    match xdg_runtime_dir.filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("tandem.sock"),
+        None => PathBuf::from(format!("/tmp/tandem-{uid}.sock")),
+    }
+}
 
 /// Everything tandem will do, decided before anything starts.
 #[derive(Debug)]
@@ -315,6 +332,20 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn socket_paths() {
+        assert_eq!(
+            socket_path(Some("/x/t.sock"), None),
+            PathBuf::from("/x/t.sock")
+        );
+        let default = socket_path(None, Some("/run/user/1000"));
+        if nix::unistd::Uid::effective().is_root() {
+            assert_eq!(default, PathBuf::from(DEFAULT_SOCKET));
+        } else {
+            assert_eq!(default, PathBuf::from("/run/user/1000/tandem.sock"));
+        }
     }
 
     #[test]
