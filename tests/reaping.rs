@@ -95,3 +95,33 @@ fn orphans_are_reaped_by_tandem_as_a_subreaper() {
     });
     assert_eq!(tandem.stop(), 0);
 }
+
+/// Killing a child orphans its own children, which come back to tandem: as a subreaper (not
+/// PID 1, whose exit would take the namespace) it goes round until none is left, so nothing
+/// it started outlives it, not even a grandchild in a session of its own whose parent ignored
+/// SIGTERM. Fails with a single sweep of direct children.
+#[test]
+fn nothing_outlives_a_subreaper_tandem_not_even_grandchildren_in_other_sessions() {
+    let sandbox = Sandbox::new("grandchildren");
+    let mut env = sandbox.env();
+    env.set("TANDEM_POSTGRES", "off");
+    let script = "setsid sh -c 'trap \"\" TERM; setsid sleep 1001 & echo grandchild-up; wait' & \
+                  exec sleep 1000";
+    let mut tandem = Tandem::start_raw(
+        Mode::Wrapped { mount_ro: false },
+        &env,
+        &["--"],
+        &["sh", "-c", script],
+        None,
+    );
+    tandem.wait_for_line("app | grandchild-up", START_TIMEOUT);
+    tandem.signal(nix::sys::signal::Signal::SIGTERM);
+    let code = tandem.wait_exit_code(STOP_TIMEOUT);
+    let leftovers = tandem.leftovers();
+    if !leftovers.is_empty() {
+        tandem.fail(&format!(
+            "still running after tandem exited: {leftovers:#?}"
+        ));
+    }
+    assert_eq!(code, 143, "the app (exec sleep) was ended by SIGTERM");
+}

@@ -32,6 +32,11 @@ const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 /// is reported anyway (a grandchild holding the pipe open).
 const LAST_WORDS: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How long the exit sweep may go round killing children (and the orphans that killing
+/// them makes), and how often it looks again while the reaper collects them.
+const SWEEP_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+const SWEEP_ROUND: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What the runtime knows about one service's processes.
 struct Running {
     /// The main process (and process-group leader), once started.
@@ -83,7 +88,7 @@ pub async fn run(
                 Action::Signal { id, signal } => send(&running[id], sup.name(id), signal),
                 Action::Probe(id) => probe(id, &plan, &prober, &tx),
                 Action::Exit { code } => {
-                    sweep(&running);
+                    sweep(&running).await;
                     logs::drain(OUTPUT_DRAIN).await;
                     return code;
                 }
@@ -331,17 +336,32 @@ fn send(run: &Running, name: &str, signal: Signal) {
 }
 
 /// Nothing tandem started outlives it: kill what is left of every service's process group,
-/// and, when we are a subreaper rather than PID 1, every remaining child (orphans that
-/// were re-parented to us included).
-fn sweep(running: &[Running]) {
+/// and, when we are a subreaper rather than PID 1 (whose exit takes the whole namespace),
+/// every remaining child. Killing a child orphans its own children, which come to us in
+/// turn, so this goes round until no child is left (each round waits for the reaper), for
+/// at most [`SWEEP_LIMIT`].
+async fn sweep(running: &[Running]) {
     for r in running {
         if let Some(pgid) = r.pgid {
             let _ = nix::sys::signal::kill(Pid::from_raw(-pgid.as_raw()), Signal::SIGKILL);
         }
     }
-    if std::process::id() != 1 {
-        for pid in signals::children_of_self() {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    if std::process::id() == 1 {
+        return;
+    }
+    let deadline = Instant::now() + SWEEP_LIMIT;
+    loop {
+        let children = signals::children_of_self();
+        if children.is_empty() {
+            return;
         }
+        if Instant::now() >= deadline {
+            tracing::warn!("{} processes still there at exit", children.len());
+            return;
+        }
+        for pid in children {
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+        }
+        tokio::time::sleep(SWEEP_ROUND).await;
     }
 }

@@ -529,18 +529,25 @@ impl Tandem {
     pub fn pid(&self) -> Pid {
         match self.mode {
             Mode::Child => Pid::from_raw(self.child.id() as i32),
-            _ => {
-                let unshare = self.child.id();
-                let path = format!("/proc/{unshare}/task/{unshare}/children");
-                let pid = poll_until(SHORT_TIMEOUT, || {
-                    let text = std::fs::read_to_string(&path).ok()?;
-                    text.split_whitespace().next()?.parse::<i32>().ok()
-                });
-                match pid {
-                    Some(pid) => Pid::from_raw(pid),
-                    None => self.fail(&format!("no child in {path}")),
-                }
+            // unshare's child is tandem.
+            Mode::Pid1 => self.first_child(self.child.id() as i32),
+            // unshare's child is the wrapper's sh, whose child is tandem.
+            Mode::Wrapped { .. } => {
+                let sh = self.first_child(self.child.id() as i32);
+                self.first_child(sh.as_raw())
             }
+        }
+    }
+
+    fn first_child(&self, parent: i32) -> Pid {
+        let path = format!("/proc/{parent}/task/{parent}/children");
+        let pid = poll_until(SHORT_TIMEOUT, || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            text.split_whitespace().next()?.parse::<i32>().ok()
+        });
+        match pid {
+            Some(pid) => Pid::from_raw(pid),
+            None => self.fail(&format!("no child in {path}")),
         }
     }
 
