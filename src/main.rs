@@ -250,16 +250,11 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
     };
     let results = rt.block_on(async {
         let prober = tandem::health::Prober::new(reaper)?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, (_, probe, probe_timeout)) in probes.iter().enumerate() {
-            let (probe, prober, t) = (probe.clone(), prober.clone(), (*probe_timeout).min(timeout));
-            tasks.spawn(async move { (i, prober.run(&probe, t).await) });
-        }
-        let mut results = vec![None; probes.len()];
-        while let Some(Ok((i, r))) = tasks.join_next().await {
-            results[i] = Some(r);
-        }
-        Ok::<_, String>(results)
+        let each = probes
+            .iter()
+            .map(|(_, probe, t)| Some((probe.clone(), (*t).min(timeout))))
+            .collect();
+        Ok::<_, String>(prober.run_all(each).await)
     });
     let results = match results {
         Ok(r) => r,

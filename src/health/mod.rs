@@ -180,6 +180,28 @@ impl Prober {
         Ok(Prober { reaper, http })
     }
 
+    /// Runs every given probe at once, each with its own timeout; the results come back in
+    /// the same places (`None` where no probe was given, or its task failed).
+    pub async fn run_all(
+        &self,
+        probes: Vec<Option<(Probe, Duration)>>,
+    ) -> Vec<Option<ProbeResult>> {
+        let mut results = vec![None; probes.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (probe, timeout)) in probes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p?)))
+        {
+            let prober = self.clone();
+            tasks.spawn(async move { (i, prober.run(&probe, timeout).await) });
+        }
+        while let Some(Ok((i, r))) = tasks.join_next().await {
+            results[i] = Some(r);
+        }
+        results
+    }
+
     /// Runs `probe` once. Never takes much longer than `timeout`: when it runs out, the
     /// probe is abandoned (its connection closed, its process group killed) and reported as
     /// `Fail("timed out after N ms")`.

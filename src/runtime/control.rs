@@ -65,18 +65,15 @@ pub fn answer(
 /// Probes every running service that has a probe, all at once, and judges the rest by
 /// their state.
 async fn probe_all(plan: &Plan, prober: &Prober, statuses: Vec<ServiceStatus>) -> HealthReport {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, st) in statuses.iter().enumerate() {
-        let svc = &plan.services[i];
-        if let (Phase::Running, Some(p), Some(h)) = (st.phase, &svc.probe, &svc.spec.health) {
-            let (p, timeout, prober) = (p.clone(), h.timeout, prober.clone());
-            tasks.spawn(async move { (i, prober.run(&p, timeout).await) });
-        }
-    }
-    let mut results = vec![None; statuses.len()];
-    while let Some(Ok((i, r))) = tasks.join_next().await {
-        results[i] = Some(r);
-    }
+    let each = statuses
+        .iter()
+        .zip(&plan.services)
+        .map(|(st, svc)| match (st.phase, &svc.probe, &svc.spec.health) {
+            (Phase::Running, Some(p), Some(h)) => Some((p.clone(), h.timeout)),
+            _ => None,
+        })
+        .collect();
+    let results = prober.run_all(each).await;
     let services: Vec<ServiceHealth> = statuses
         .iter()
         .zip(results)

@@ -1,6 +1,6 @@
 //! Service phases and the facts derived from them.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Condition, Health, Kind, LastProbe, Svc};
 
@@ -26,15 +26,13 @@ pub enum Phase {
     Done,
 }
 
-/// One row of `tandem status`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One service as the supervisor sees it, for `tandem status` and `tandem healthcheck`.
+#[derive(Debug, Clone)]
 pub struct ServiceStatus {
     pub name: String,
     pub phase: Phase,
     pub pid: Option<i32>,
     pub ready: bool,
-    #[serde(skip)]
-    pub uptime: Option<Duration>,
     pub uptime_ms: Option<u64>,
     /// How it ended, e.g. "exited with code 0".
     pub exit: Option<String>,
@@ -44,7 +42,6 @@ pub struct ServiceStatus {
     /// Consecutive probe failures that counted.
     pub failures: u32,
     pub restarts: u32,
-    #[serde(skip)]
     pub last_probe: Option<LastProbe>,
 }
 
@@ -78,7 +75,6 @@ impl Svc {
             phase: self.phase,
             pid: self.pid.map(|p| p.as_raw()),
             ready: self.ready,
-            uptime,
             uptime_ms: uptime.map(|d| d.as_millis() as u64),
             exit: self.exit.map(|e| e.to_string()),
             failed: self.failed,

@@ -572,7 +572,7 @@ fn status_reports_phases() {
     assert_eq!(st[PG].phase, Phase::Running);
     assert!(st[PG].ready);
     assert_eq!(st[APP].pid, Some(20));
-    assert_eq!(st[APP].uptime, Some(599 * MS));
+    assert_eq!(st[APP].uptime_ms, Some(599));
 }
 
 fn probe(verdict: Verdict, detail: &str) -> ProbeReport {
