@@ -86,7 +86,11 @@ pub fn from_env(
         let mut child_env: Vec<(OsString, OsString)> = os_env.to_vec();
         let mut depends_on = vec![];
         if let Some(settings) = &pg_settings {
-            for (k, v) in postgres::app_env(settings) {
+            let mut vars = postgres::app_env(settings);
+            for (name, scheme) in url_aliases(env)? {
+                vars.push((name, postgres::url(settings, &scheme)));
+            }
+            for (k, v) in vars {
                 if os_env_get(os_env, &k).is_none() {
                     child_env.push((k.into(), v.into()));
                 }
@@ -219,6 +223,40 @@ pub fn direct_probes(
     Ok(probes)
 }
 
+/// `TANDEM_DATABASE_URL_AS`: more names for the database URL, each in the scheme its app
+/// reads, e.g. `HIVE_DATABASE_URL=postgresql+psycopg,JDBC_URL=jdbc:postgresql`; a name alone
+/// gets `postgresql://`. A variable the user set already keeps its value, as DATABASE_URL does.
+fn url_aliases(env: &HashMap<String, String>) -> Result<Vec<(String, String)>, String> {
+    let Some(list) = var(env, "TANDEM_DATABASE_URL_AS") else {
+        return Ok(vec![]);
+    };
+    let mut out = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, scheme) = entry.split_once('=').unwrap_or((entry, "postgresql"));
+        let (name, scheme) = (name.trim(), scheme.trim());
+        let name_ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "TANDEM_DATABASE_URL_AS: {name:?} is not a variable name (letters, digits and _, e.g. HIVE_DATABASE_URL)"
+            ));
+        }
+        let scheme_ok = scheme == postgres::JDBC_SCHEME
+            || (scheme.starts_with(|c: char| c.is_ascii_lowercase())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c)));
+        if !scheme_ok {
+            return Err(format!(
+                "TANDEM_DATABASE_URL_AS: {scheme:?} is not a URL scheme (e.g. postgresql, postgresql+psycopg, postgresql+asyncpg, {})",
+                postgres::JDBC_SCHEME
+            ));
+        }
+        out.push((name.to_string(), scheme.to_string()));
+    }
+    Ok(out)
+}
+
 fn wants_postgres(env: &HashMap<String, String>) -> Result<bool, String> {
     match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
         "on" | "1" | "true" | "yes" => Ok(true),
@@ -295,6 +333,59 @@ mod tests {
             "the user's own value wins"
         );
         assert_eq!(p.stop_budget.as_secs(), 3);
+    }
+
+    #[test]
+    fn database_url_under_the_apps_own_names_and_schemes() {
+        let p = plan(
+            &["sh"],
+            &[
+                ("PATH", "/usr/bin:/bin"),
+                ("POSTGRES_USER", "genie"),
+                ("POSTGRES_PASSWORD", "s e@cret"),
+                ("POSTGRES_DB", "hive_genie"),
+                ("PGPORT", "6543"),
+                (
+                    "TANDEM_DATABASE_URL_AS",
+                    "HIVE_DATABASE_URL=postgresql+psycopg, PLAIN_URL ,MINE=postgres",
+                ),
+                ("MINE", "kept"),
+            ],
+        )
+        .unwrap();
+        let Launch::Command(c) = &p.services[1].launch else {
+            panic!("app is a command")
+        };
+        let get = |k: &str| os_env_get(&c.env, k).map(|v| v.to_string_lossy().into_owned());
+        assert_eq!(
+            get("HIVE_DATABASE_URL").as_deref(),
+            Some("postgresql+psycopg://genie:s%20e%40cret@127.0.0.1:6543/hive_genie")
+        );
+        assert_eq!(
+            get("PLAIN_URL").as_deref(),
+            Some("postgresql://genie:s%20e%40cret@127.0.0.1:6543/hive_genie")
+        );
+        assert_eq!(
+            get("MINE").as_deref(),
+            Some("kept"),
+            "the user's own value wins"
+        );
+        for bad in ["9LIVES=postgresql", "A=Bad Scheme", "A-B"] {
+            let e = plan(
+                &["sh"],
+                &[
+                    ("PATH", "/bin"),
+                    ("POSTGRES_PASSWORD", "x"),
+                    ("TANDEM_DATABASE_URL_AS", bad),
+                ],
+            )
+            .unwrap_err();
+            assert!(
+                e.message.starts_with("TANDEM_DATABASE_URL_AS: "),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]

@@ -42,24 +42,42 @@ pub fn server_command(settings: &Settings, bins: &Binaries) -> Command {
 /// What the app gets unless the user set it already: `DATABASE_URL` and libpq's PG*
 /// variables, pointing at the server over loopback TCP.
 pub fn app_env(settings: &Settings) -> Vec<(String, String)> {
-    let mut userinfo = percent_encode(&settings.user);
-    if let Some(pw) = &settings.password {
-        userinfo.push(':');
-        userinfo.push_str(&percent_encode(pw));
-    }
-    let url = format!(
-        "postgresql://{userinfo}@127.0.0.1:{}/{}",
-        settings.port,
-        percent_encode(&settings.database)
-    );
     vec![
-        ("DATABASE_URL".into(), url),
+        ("DATABASE_URL".into(), url(settings, "postgresql")),
         ("PGHOST".into(), "127.0.0.1".into()),
         ("PGPORT".into(), settings.port.to_string()),
         ("PGUSER".into(), settings.user.clone()),
         ("PGDATABASE".into(), settings.database.clone()),
     ]
 }
+
+/// The server's URL over loopback TCP with the given scheme: `postgresql`, a driver's own
+/// (`postgresql+psycopg`, `postgres`), or `jdbc:postgresql`, whose URLs carry the user and
+/// password as parameters rather than before the host. Names and password percent-encoded.
+pub fn url(settings: &Settings, scheme: &str) -> String {
+    let port = settings.port;
+    let db = percent_encode(&settings.database);
+    if scheme == JDBC_SCHEME {
+        let mut url = format!(
+            "{scheme}://127.0.0.1:{port}/{db}?user={}",
+            percent_encode(&settings.user)
+        );
+        if let Some(pw) = &settings.password {
+            url.push_str("&password=");
+            url.push_str(&percent_encode(pw));
+        }
+        return url;
+    }
+    let mut userinfo = percent_encode(&settings.user);
+    if let Some(pw) = &settings.password {
+        userinfo.push(':');
+        userinfo.push_str(&percent_encode(pw));
+    }
+    format!("{scheme}://{userinfo}@127.0.0.1:{port}/{db}")
+}
+
+/// JDBC's scheme, the one whose URLs put the credentials in parameters.
+pub const JDBC_SCHEME: &str = "jdbc:postgresql";
 
 /// Everything but RFC 3986's unreserved characters, as UTF-8 bytes in `%XX`.
 fn percent_encode(s: &str) -> String {
@@ -106,6 +124,30 @@ mod tests {
             app_env(&with_pw)[0].1,
             "postgresql://my%20cool%20user:p%40ss%3Aw%2Frd%20%C3%A9@127.0.0.1:6000/hive%2Fgenie"
         );
+    }
+
+    #[test]
+    fn urls_in_each_drivers_scheme_encode_names_and_password() {
+        let env = HashMap::from([
+            ("POSTGRES_USER".to_string(), "my user@x".to_string()),
+            ("POSTGRES_PASSWORD".to_string(), "p@ss:w/rd &=?".to_string()),
+            ("POSTGRES_DB".to_string(), "hive genie".to_string()),
+            ("PGPORT".to_string(), "6000".to_string()),
+        ]);
+        let s = Settings::from_env(&env).unwrap();
+        assert_eq!(
+            url(&s, "postgresql+psycopg"),
+            "postgresql+psycopg://my%20user%40x:p%40ss%3Aw%2Frd%20%26%3D%3F@127.0.0.1:6000/hive%20genie"
+        );
+        assert_eq!(
+            url(&s, JDBC_SCHEME),
+            "jdbc:postgresql://127.0.0.1:6000/hive%20genie?user=my%20user%40x&password=p%40ss%3Aw%2Frd%20%26%3D%3F"
+        );
+        // What libpq itself makes of it: the same user, password and database.
+        let parsed: tokio_postgres::Config = url(&s, "postgresql").parse().unwrap();
+        assert_eq!(parsed.get_user(), Some("my user@x"));
+        assert_eq!(parsed.get_password(), Some("p@ss:w/rd &=?".as_bytes()));
+        assert_eq!(parsed.get_dbname(), Some("hive genie"));
     }
 
     #[test]
