@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Build the local stand-in for `postgres:16-bookworm`: a Debian bookworm root file system made
-# with mmdebstrap from this machine's own apt sources and loaded with `docker import`, for
-# machines that reach a Debian mirror but no image registry.
+# Build the local stand-in for `pgvector/pgvector:pg17-trixie` (the official postgres image
+# with pgvector): a Debian 13 (trixie) root file system made with mmdebstrap from the Debian
+# mirror this machine's own apt sources name, loaded with `docker import`, for machines that
+# reach a Debian mirror but no image registry.
 #
 # It lays out what the official image promises and tandem relies on:
 #   - the `postgres` user and group, uid/gid 999 (as in the official image, so a data volume
 #     moves between the two without a chown);
-#   - PostgreSQL 15 from Debian, binaries on PATH (/usr/lib/postgresql/15/bin), no cluster
-#     left behind by the package;
+#   - PostgreSQL 17 from Debian with pgvector (postgresql-17-pgvector), binaries on PATH
+#     (/usr/lib/postgresql/17/bin), no cluster left behind by the package;
 #   - PGDATA=/var/lib/postgresql/data, /var/run/postgresql (3777), /docker-entrypoint-initdb.d;
-# plus python3 with the example app's packages (fastapi, uvicorn and its command, psycopg 3)
-# and procps (ps).
+# plus Python 3.13 with venv (the Hive server's virtual environment), the example app's Debian
+# packages (fastapi, uvicorn and its command, psycopg 3) and procps (ps).
 #
-# Usage: images/build-base.sh [TAG]      (default tandem-base:local; FORCE=1 rebuilds)
+# Usage: images/build-base.sh [TAG]      (default tandem-base-trixie:local; FORCE=1 rebuilds)
 # An image with that tag whose label carries this recipe's hash is reused as it is.
 set -euo pipefail
 
-tag=${1:-tandem-base:local}
-suite=bookworm
-pg_major=15
+suite=trixie
+tag=${1:-tandem-base-$suite:local}
+pg_major=17
 packages=(
-    "postgresql-$pg_major"
-    python3 python3-fastapi python3-uvicorn uvicorn python3-psycopg
+    "postgresql-$pg_major" "postgresql-$pg_major-pgvector"
+    python3 python3-venv ca-certificates
+    python3-fastapi python3-uvicorn uvicorn python3-psycopg
     procps
 )
 
@@ -49,6 +51,18 @@ command -v mmdebstrap >/dev/null || { echo "build-base: mmdebstrap missing; run 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# The same mirror, another release: the machine's own suite names (its codename, and
+# CODENAME-updates, CODENAME-security) become the image's, on the suite lines only: `Suites:`
+# of deb822 .sources files and `deb ...` lines of a sources.list.
+host_suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[ -n "$host_suite" ] || { echo "build-base: no VERSION_CODENAME in /etc/os-release" >&2; exit 1; }
+sed -E "/^[[:space:]]*(Suites:|deb(-src)?[[:space:]])/ s/\b$host_suite\b/$suite/g" \
+    "$sources" > "$work/sources"
+grep -Eq "(^|[[:space:]])$suite([[:space:]]|$)" "$work/sources" || {
+    echo "build-base: no '$host_suite' suite to swap for '$suite' in $sources" >&2
+    exit 1
+}
+
 # Hooks run on the host with the chroot as "$1" (hence the single quotes: mmdebstrap's shell
 # expands it). Each is one line: mmdebstrap first tries a hook as a file name and warns about
 # one that spans lines.
@@ -71,7 +85,7 @@ customize_hook="set -e; chroot \"\$1\" pg_dropcluster $pg_major main; "\
 'chroot "$1" chown -R postgres:postgres /var/lib/postgresql /run/postgresql; '\
 'chmod 1777 "$1/var/lib/postgresql/data"; chmod 3777 "$1/run/postgresql"'
 
-echo "build-base: mmdebstrap $suite (${packages[*]}) from $sources"
+echo "build-base: mmdebstrap $suite (${packages[*]}) from the mirrors of $sources"
 start=$(date +%s)
 mmdebstrap --variant=minbase --quiet \
     --include="$(IFS=,; echo "${packages[*]}")" \
@@ -82,7 +96,7 @@ mmdebstrap --variant=minbase --quiet \
     --essential-hook="$essential_hook" \
     --customize-hook="$customize_hook" \
     --skip=cleanup/run \
-    "$suite" "$work/rootfs.tar" - < "$sources"
+    "$suite" "$work/rootfs.tar" - < "$work/sources"
 
 # PATH and PGDATA as the official image sets them (its PATH ends with the server's bin dir).
 docker import \

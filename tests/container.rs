@@ -1,10 +1,15 @@
-//! The genie and agent images on a real Docker engine: health, the official postgres image's
-//! contract, data across stops and new containers, signals, zombies, the compose example.
+//! The genie and agent images on a real Docker engine. With the Hive server (the images as
+//! shipped): health from another container, pgvector, clean stops and restarts with data, a
+//! frozen server restarted by tandem, the compose example. With the example API (`APP=example`,
+//! quick to build and boot): the official postgres image's contract, data across stops and new
+//! containers, signals, zombies.
 //!
-//! The images are built once per run with `images/build.sh genie agent`, which reuses the local
-//! base image, the release binary and Docker's layer cache. Without a reachable engine every test
-//! prints a skip line and passes, unless `CI` is set: there they fail, because CI must run them
-//! (`images/install-docker.sh` installs and starts an engine).
+//! The images are built once per run with `images/build.sh genie agent genie-example
+//! agent-example`, which reuses the local base image, the release binary and Docker's layer
+//! cache (the Hive server's pip layer is built once and shared by both Hive images). Their tag
+//! is `TANDEM_IMAGE_TAG` (default `local`), so two checkouts can share one engine. Without a
+//! reachable engine every test prints a skip line and passes, unless `CI` is set: there they
+//! fail, because CI must run them (`images/install-docker.sh` installs and starts an engine).
 //!
 //! Each test works in a [`Scope`]: every container, volume, network, image tag and compose
 //! project it creates has a name unique to the run and is removed when the scope drops, whether
@@ -21,10 +26,11 @@ use std::time::{Duration, Instant};
 
 /// Repository root: images/, Dockerfiles and examples/ are found from here.
 const TOP: &str = env!("CARGO_MANIFEST_DIR");
-/// The image the second (client) container runs: it has psql and nothing of tandem's.
-const BASE_IMAGE: &str = "tandem-base:local";
-/// Start to healthy takes about two seconds; this bound is for a loaded 2-core CI machine.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The image the second (client) container runs: it has psql and python3, nothing of tandem's.
+const CLIENT_IMAGE: &str = "tandem-base-trixie:local";
+/// Start to healthy takes about two seconds with the example API and 6-10 s with the Hive
+/// server; this bound is for a loaded 2-core CI machine.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A clean `docker stop` takes well under a second; Docker's own SIGKILL comes at 10 s.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// How often conditions are polled.
@@ -41,55 +47,91 @@ const RECOVERY_LINES: [&str; 2] = [
     "automatic recovery in progress",
 ];
 const CLEAN_SHUTDOWN: &str = "database system is shut down";
+/// How a `docker stop` ends for both apps: uvicorn (0.29 and later: the Hive server's 0.35 and
+/// Debian 13's 0.32 alike) shuts down gracefully on SIGTERM, then re-raises it and dies "killed
+/// by SIGTERM", which tandem passes on as 128 + 15.
+const STOP_EXIT: i32 = 143;
 const INIT_SKIPPED: &str = "already holds a database";
+/// The Hive server's master key, given at run time as users do (it must start with `hive_` and
+/// be at least 37 characters); the example API ignores it.
+const HIVE_API_KEY: &str = "hive_tandem-container-tests-0123456789abcdef";
+/// What the Hive server's health endpoint says (a static answer: the server does not look at
+/// its database there, which is why tandem probes PostgreSQL itself).
+const HIVE_HEALTHY: &str = "System operational";
 
-/// One of the two all-in-one images.
+/// One of the images: genie or agent, with the Hive server or the example API.
 #[derive(Clone, Copy)]
 struct Flavor {
-    image: &'static str,
+    /// `genie`, `agent`, `genie-example`, `agent-example`: the images/build.sh target.
+    target: &'static str,
     port: u16,
     user: &'static str,
     db: &'static str,
 }
 
+impl Flavor {
+    /// `tandem-TARGET:TAG`, as images/build.sh tags it.
+    fn image(&self) -> String {
+        format!("tandem-{}:{}", self.target, image_tag())
+    }
+}
+
 const GENIE: Flavor = Flavor {
-    image: "tandem-genie:local",
+    target: "genie",
     port: 48886,
     user: "genie",
     db: "hive_genie",
 };
 const AGENT: Flavor = Flavor {
-    image: "tandem-agent:local",
+    target: "agent",
     port: 35532,
     user: "agent",
     db: "hive_agent",
 };
+const GENIE_EXAMPLE: Flavor = Flavor {
+    target: "genie-example",
+    ..GENIE
+};
+const AGENT_EXAMPLE: Flavor = Flavor {
+    target: "agent-example",
+    ..AGENT
+};
+/// Everything the tests run, built at once.
+const TARGETS: [&str; 4] = ["genie", "agent", "genie-example", "agent-example"];
+
+/// images/build.sh's tag: TANDEM_IMAGE_TAG, default `local`.
+fn image_tag() -> String {
+    std::env::var("TANDEM_IMAGE_TAG")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
 
 // ---------------------------------------------------------------------------------------------
 // The tests
 
 #[test]
-fn genie_image_becomes_healthy_and_serves_its_api() {
+fn genie_example_image_becomes_healthy_and_serves_its_api() {
     let Some(mut scope) = Scope::new() else {
         return;
     };
-    becomes_healthy_and_serves_its_api(&mut scope, GENIE);
+    becomes_healthy_and_serves_its_api(&mut scope, GENIE_EXAMPLE);
 }
 
 #[test]
-fn agent_image_becomes_healthy_and_serves_its_api() {
+fn agent_example_image_becomes_healthy_and_serves_its_api() {
     let Some(mut scope) = Scope::new() else {
         return;
     };
-    becomes_healthy_and_serves_its_api(&mut scope, AGENT);
+    becomes_healthy_and_serves_its_api(&mut scope, AGENT_EXAMPLE);
 }
 
 fn becomes_healthy_and_serves_its_api(scope: &mut Scope, flavor: Flavor) {
     let volume = scope.volume();
-    let c = scope.run_app(flavor.image, flavor.port, &volume);
+    let c = scope.run_app(&flavor.image(), flavor, &volume, &[]);
     let started = Instant::now();
     c.wait_healthy();
-    eprintln!("{}: healthy after {:?}", flavor.image, started.elapsed());
+    eprintln!("{}: healthy after {:?}", flavor.image(), started.elapsed());
 
     let addr = c.published(flavor.port);
     let (status, body) = http(&addr, "GET", "/api/v1/health", None);
@@ -113,8 +155,11 @@ fn becomes_healthy_and_serves_its_api(scope: &mut Scope, flavor: Flavor) {
         "{}",
         show(&out)
     );
+    assert_processes(&c);
+}
 
-    // tandem is PID 1 as root, PostgreSQL runs as postgres and the app as hive (uid 1000).
+/// tandem is PID 1 as root, PostgreSQL runs as postgres and the app (uvicorn) as hive, uid 1000.
+fn assert_processes(c: &Container) {
     let ps = c.exec_ok(&["ps", "-eo", "pid=,user:20=,comm="]);
     let procs: Vec<(u32, String, String)> = ps
         .lines()
@@ -172,7 +217,7 @@ fn postgres_variables_with_spaces_work_over_tcp_from_another_container() {
         format!("POSTGRES_DB={DB}"),
     ];
     let c = scope.run(
-        GENIE.image,
+        &GENIE_EXAMPLE.image(),
         &[
             &["--network", &network],
             &["-v", &format!("{volume}:/var/lib/postgresql/data")][..],
@@ -195,7 +240,7 @@ fn postgres_variables_with_spaces_work_over_tcp_from_another_container() {
             &network,
             "-e",
             &format!("PGPASSWORD={password}"),
-            BASE_IMAGE,
+            CLIENT_IMAGE,
             "psql",
             "-h",
             host,
@@ -258,17 +303,17 @@ fn initdb_scripts_in_a_derived_image_run_once() {
         &dir.join("Dockerfile"),
         &format!(
             "FROM {}\nCOPY 10-schema.sql 20-seed.sh /docker-entrypoint-initdb.d/\n",
-            GENIE.image
+            GENIE_EXAMPLE.image()
         ),
     );
     let image = scope.build_image(&dir);
 
     let volume = scope.volume();
-    let c = scope.run_app(&image, GENIE.port, &volume);
+    let c = scope.run_app(&image, GENIE_EXAMPLE, &volume, &[]);
     c.wait_healthy();
     let runs = || {
         c.psql(
-            GENIE,
+            GENIE_EXAMPLE,
             "SELECT string_agg(script, ',' ORDER BY script) FROM init_runs",
         )
     };
@@ -294,9 +339,9 @@ fn notes_survive_stop_start_and_a_new_container_on_the_same_volume() {
         return;
     };
     let volume = scope.volume();
-    let first = scope.run_app(GENIE.image, GENIE.port, &volume);
+    let first = scope.run_app(&GENIE_EXAMPLE.image(), GENIE_EXAMPLE, &volume, &[]);
     first.wait_healthy();
-    let addr = first.published(GENIE.port);
+    let addr = first.published(GENIE_EXAMPLE.port);
     for text in ["one", "two", "three"] {
         let (status, body) = http(
             &addr,
@@ -307,7 +352,12 @@ fn notes_survive_stop_start_and_a_new_container_on_the_same_volume() {
         assert_eq!(status, 201, "{body}");
     }
     let notes = |c: &Container| {
-        let (status, body) = http(&c.published(GENIE.port), "GET", "/api/v1/notes", None);
+        let (status, body) = http(
+            &c.published(GENIE_EXAMPLE.port),
+            "GET",
+            "/api/v1/notes",
+            None,
+        );
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v.as_array()
@@ -333,7 +383,7 @@ fn notes_survive_stop_start_and_a_new_container_on_the_same_volume() {
     first.stop_cleanly();
     first.remove();
 
-    let second = scope.run_app(GENIE.image, GENIE.port, &volume);
+    let second = scope.run_app(&GENIE_EXAMPLE.image(), GENIE_EXAMPLE, &volume, &[]);
     second.wait_healthy();
     assert_eq!(notes(&second), expected, "{}", second.logs());
     assert!(second.logs().contains(INIT_SKIPPED), "{}", second.logs());
@@ -349,7 +399,7 @@ fn sighup_reloads_postgres_and_health_checks_leave_no_zombies() {
         return;
     };
     let volume = scope.volume();
-    let c = scope.run_app(GENIE.image, GENIE.port, &volume);
+    let c = scope.run_app(&GENIE_EXAMPLE.image(), GENIE_EXAMPLE, &volume, &[]);
     c.wait_healthy();
 
     docker_ok(&["kill", "--signal", "HUP", &c.name]);
@@ -416,7 +466,7 @@ fn missing_password_on_an_empty_volume_fails_with_a_clear_message() {
     };
     let volume = scope.volume();
     let c = scope.run(
-        GENIE.image,
+        &GENIE_EXAMPLE.image(),
         &["-v", &format!("{volume}:/var/lib/postgresql/data")],
     );
     let code = c.wait_exit(Duration::from_secs(30));
@@ -431,7 +481,7 @@ fn missing_password_on_an_empty_volume_fails_with_a_clear_message() {
         "--rm",
         "-v",
         &format!("{volume}:/data"),
-        BASE_IMAGE,
+        CLIENT_IMAGE,
         "ls",
         "-A",
         "/data",
@@ -442,8 +492,8 @@ fn missing_password_on_an_empty_volume_fails_with_a_clear_message() {
     );
 }
 
-/// `docker-compose up -d` of the genie example (Debian's docker-compose 1.29) comes up healthy;
-/// `docker-compose down` stops it cleanly.
+/// `docker-compose up -d` of the genie example (Debian's docker-compose 1.29) with the Hive
+/// server comes up healthy; `docker-compose down` stops it cleanly.
 #[test]
 fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
     let Some(mut scope) = Scope::new() else {
@@ -472,9 +522,10 @@ fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
             override_file.to_str().unwrap(),
         ],
         &[
-            ("GENIE_IMAGE", GENIE.image),
+            ("GENIE_IMAGE", &GENIE.image()),
             ("GENIE_PORT", "127.0.0.1:"),
             ("POSTGRES_PASSWORD", "compose password"),
+            ("HIVE_API_KEY", HIVE_API_KEY),
         ],
     );
     let out = project.run(&["up", "-d"]);
@@ -488,6 +539,7 @@ fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
     c.wait_healthy();
     let (status, body) = http(&c.published(GENIE.port), "GET", "/api/v1/health", None);
     assert_eq!(status, 200, "{body}");
+    assert!(body.contains(HIVE_HEALTHY), "{body}");
 
     // `down` removes the container; watch its exit code and logs from outside while it stops.
     let exit = Command::new("docker")
@@ -509,12 +561,230 @@ fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
         .to_string();
     let logs = String::from_utf8_lossy(&logs.wait_with_output().unwrap().stdout).to_string();
     eprintln!("docker-compose down took {took:?}");
-    assert_eq!(code, "0", "exit code after down:\n{logs}");
+    assert_eq!(code, STOP_EXIT.to_string(), "exit code after down:\n{logs}");
     assert!(
         logs.contains(CLEAN_SHUTDOWN),
         "no clean PostgreSQL shutdown:\n{logs}"
     );
     assert!(took < STOP_LIMIT * 2, "docker-compose down took {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Hive server
+
+/// A nearest-neighbour query's table: three unit vectors; the query vector is nearest the second.
+const VECTORS_SQL: &str = concat!(
+    "CREATE EXTENSION IF NOT EXISTS vector;",
+    "CREATE TABLE tandem_items (id int PRIMARY KEY, embedding vector(3) NOT NULL);",
+    "INSERT INTO tandem_items VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0,0,1]');",
+);
+const NEAREST_SQL: &str =
+    "SELECT id FROM tandem_items ORDER BY embedding <-> '[0.1,0.9,0.2]' LIMIT 1";
+
+#[test]
+fn hive_genie_serves_another_container_keeps_vectors_and_stops_cleanly() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    hive_serves_keeps_vectors_and_stops_cleanly(&mut scope, GENIE);
+}
+
+#[test]
+fn hive_agent_serves_another_container_keeps_vectors_and_stops_cleanly() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    hive_serves_keeps_vectors_and_stops_cleanly(&mut scope, AGENT);
+}
+
+/// The image as shipped: the Hive server turns healthy with its database URL from tandem (the
+/// image holds no password and no URL), answers `/api/v1/health` to a second container on a
+/// user network, the embedded PostgreSQL 17 has pgvector and answers a nearest-neighbour
+/// query; `docker stop` stops the server first, then PostgreSQL cleanly; the next start finds
+/// the data, skips init and needs no recovery.
+fn hive_serves_keeps_vectors_and_stops_cleanly(scope: &mut Scope, flavor: Flavor) {
+    let network = scope.network();
+    let volume = scope.volume();
+    let c = scope.run_app(&flavor.image(), flavor, &volume, &["--network", &network]);
+    let started = Instant::now();
+    c.wait_healthy();
+    eprintln!("{}: healthy after {:?}", flavor.image(), started.elapsed());
+    assert_processes(&c);
+
+    // From another container, by the container's name on the user network.
+    let client = scope.name("client");
+    scope.containers.push(client.clone());
+    let url = format!("http://{}:{}/api/v1/health", c.name, flavor.port);
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--name",
+        &client,
+        "--network",
+        &network,
+        CLIENT_IMAGE,
+        "python3",
+        "-c",
+        concat!(
+            "import sys, urllib.request\n",
+            "r = urllib.request.urlopen(sys.argv[1], timeout=10)\n",
+            "print(r.status, r.read().decode())\n",
+        ),
+        &url,
+    ]);
+    assert!(out.status.success(), "GET {url}: {}", show(&out));
+    let answer = stdout(&out);
+    assert!(
+        answer.starts_with("200 ") && answer.contains(HIVE_HEALTHY),
+        "GET {url}: {answer}"
+    );
+
+    // The server's URL came from tandem at run time, in the scheme it reads; the image
+    // carries neither the password nor a URL.
+    // (As hive: the exec'd root lacks CAP_SYS_PTRACE for another user's environ.)
+    let app_env = docker_ok(&[
+        "exec",
+        "--user",
+        "hive",
+        &c.name,
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/$(pgrep -o -u hive uvicorn)/environ",
+    ]);
+    let hive_url = app_env
+        .lines()
+        .find_map(|l| l.strip_prefix("HIVE_DATABASE_URL="))
+        .unwrap_or_else(|| panic!("the server has no HIVE_DATABASE_URL:\n{app_env}"));
+    assert_eq!(
+        hive_url,
+        format!(
+            "postgresql+psycopg://{}:test%20password@127.0.0.1:5432/{}",
+            flavor.user, flavor.db
+        )
+    );
+    let image_env = docker_ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &flavor.image(),
+    ]);
+    for name in ["POSTGRES_PASSWORD=", "HIVE_DATABASE_URL=", "HIVE_API_KEY="] {
+        assert!(
+            !image_env.lines().any(|l| l.starts_with(name)),
+            "{name} baked into the image:\n{image_env}"
+        );
+    }
+
+    // pgvector: the server created the extension at boot; a similarity query works.
+    assert_eq!(
+        c.psql(
+            flavor,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'vector'"
+        ),
+        "1",
+        "{}",
+        c.logs()
+    );
+    c.psql(flavor, VECTORS_SQL);
+    assert_eq!(c.psql(flavor, NEAREST_SQL), "2");
+
+    // docker stop: the server first, PostgreSQL after it, cleanly.
+    c.stop_cleanly();
+
+    // The second start: the data is there, no init, no recovery (checked by the last stop).
+    c.start();
+    c.wait_healthy();
+    assert_eq!(c.psql(flavor, NEAREST_SQL), "2", "{}", c.logs());
+    assert_eq!(c.psql(flavor, "SELECT count(*) FROM tandem_items"), "3");
+    assert_eq!(c.logs().matches(INIT_SKIPPED).count(), 1, "{}", c.logs());
+    c.stop_cleanly();
+}
+
+#[test]
+fn hive_genie_frozen_server_turns_unhealthy_and_tandem_restarts_it() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    frozen_server_turns_unhealthy_and_is_restarted(&mut scope, GENIE);
+}
+
+#[test]
+fn hive_agent_frozen_server_turns_unhealthy_and_tandem_restarts_it() {
+    let Some(mut scope) = Scope::new() else {
+        return;
+    };
+    frozen_server_turns_unhealthy_and_is_restarted(&mut scope, AGENT);
+}
+
+/// A Hive server that stops answering (SIGSTOP to its pid: the process is there, its port
+/// is open, nothing answers) makes `tandem healthcheck` fail; tandem restarts it (SIGTERM,
+/// then SIGKILL when it does not stop) and the container is healthy again with a new server,
+/// without ever stopping. Probe timings are shortened at run time, as a user would.
+fn frozen_server_turns_unhealthy_and_is_restarted(scope: &mut Scope, flavor: Flavor) {
+    let volume = scope.volume();
+    let c = scope.run_app(
+        &flavor.image(),
+        flavor,
+        &volume,
+        &[
+            "-e",
+            "TANDEM_APP_HEALTH_INTERVAL=1s",
+            "-e",
+            "TANDEM_APP_HEALTH_TIMEOUT=1s",
+            "-e",
+            "TANDEM_APP_HEALTH_RETRIES=2",
+        ],
+    );
+    c.wait_healthy();
+    let server = || c.exec_ok(&["pgrep", "-o", "-u", "hive", "uvicorn"]);
+    let pid = server();
+    c.exec_ok(&["kill", "-STOP", &pid]);
+
+    let healthcheck = || {
+        let out = c.exec(&["tandem", "healthcheck"]);
+        (out.status.code(), stdout(&out))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, line) = healthcheck();
+        if code == Some(1) && line.starts_with("unhealthy") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tandem healthcheck still says {code:?} {line:?} with the server frozen:\n{}",
+            c.logs()
+        );
+        thread::sleep(POLL);
+    }
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let (code, line) = healthcheck();
+        if code == Some(0) {
+            assert!(line.starts_with("healthy"), "{line}");
+            break;
+        }
+        assert!(
+            c.running(),
+            "the container stopped instead of restarting the server:\n{}",
+            c.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "still {code:?} {line:?} after {START_TIMEOUT:?}:\n{}",
+            c.logs()
+        );
+        thread::sleep(POLL);
+    }
+    let logs = c.logs();
+    assert!(
+        logs.contains("app is unhealthy") && logs.contains("starting it again (restart 1)"),
+        "{logs}"
+    );
+    assert_ne!(server(), pid, "the same server answers:\n{logs}");
+    c.wait_healthy();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,26 +815,21 @@ fn engine_ready() -> bool {
     }
 }
 
-/// Builds tandem-genie:local and tandem-agent:local once per test binary.
+/// Builds every image of [`TARGETS`] once per test binary.
 fn images_built() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let result = BUILT.get_or_init(|| {
         let started = Instant::now();
         let out = Command::new("bash")
-            .args([&format!("{TOP}/images/build.sh"), "genie", "agent"])
+            .arg(format!("{TOP}/images/build.sh"))
+            .args(TARGETS)
             .output()
             .map_err(|e| format!("cannot run images/build.sh: {e}"))?;
+        let what = format!("images/build.sh {}", TARGETS.join(" "));
         if !out.status.success() {
-            return Err(format!(
-                "images/build.sh genie agent failed: {}",
-                show(&out)
-            ));
+            return Err(format!("{what} failed: {}", show(&out)));
         }
-        eprintln!(
-            "images/build.sh genie agent: {:?}\n{}",
-            started.elapsed(),
-            stdout(&out)
-        );
+        eprintln!("{what}: {:?}\n{}", started.elapsed(), stdout(&out));
         Ok(())
     });
     if let Err(e) = result {
@@ -674,22 +939,25 @@ impl Scope {
         Container { name }
     }
 
-    /// An app container with a password, its data on `volume`, its API port published on
-    /// loopback only.
-    fn run_app(&mut self, image: &str, port: u16, volume: &str) -> Container {
+    /// An app container of `image` (the flavour's or one derived from it) with a password and
+    /// the Hive server's API key, its data on `volume`, its API port published on loopback
+    /// only; `extra` goes before the image.
+    fn run_app(&mut self, image: &str, flavor: Flavor, volume: &str, extra: &[&str]) -> Container {
         let mount = format!("{volume}:/var/lib/postgresql/data");
-        let publish = format!("127.0.0.1::{port}");
-        self.run(
-            image,
-            &[
-                "-e",
-                "POSTGRES_PASSWORD=test password",
-                "-v",
-                &mount,
-                "-p",
-                &publish,
-            ],
-        )
+        let publish = format!("127.0.0.1::{}", flavor.port);
+        let key = format!("HIVE_API_KEY={HIVE_API_KEY}");
+        let mut args = vec![
+            "-e",
+            "POSTGRES_PASSWORD=test password",
+            "-e",
+            &key,
+            "-v",
+            &mount,
+            "-p",
+            &publish,
+        ];
+        args.extend(extra);
+        self.run(image, &args)
     }
 
     fn compose_project(&mut self, files: &[&str], env: &[(&str, &str)]) -> Project {
@@ -878,8 +1146,9 @@ impl Container {
         started.elapsed()
     }
 
-    /// `docker stop`, then what a clean stop means: quick, exit code 0 (uvicorn exits 0 on
-    /// SIGTERM), PostgreSQL shut down with a checkpoint, and no recovery at any start so far.
+    /// `docker stop`, then what a clean stop means: quick, the app's exit code ([`STOP_EXIT`]),
+    /// the app stopped before PostgreSQL (by tandem's own lines, which share one stream),
+    /// PostgreSQL shut down with a checkpoint, and no recovery at any start so far.
     fn stop_cleanly(&self) {
         let shutdowns = self.logs().matches(CLEAN_SHUTDOWN).count();
         let took = self.stop();
@@ -888,8 +1157,19 @@ impl Container {
         assert!(took < STOP_LIMIT, "docker stop took {took:?}:\n{logs}");
         assert_eq!(
             self.inspect("{{.State.ExitCode}}"),
-            "0",
+            STOP_EXIT.to_string(),
             "exit code after docker stop:\n{logs}"
+        );
+        let last_stop = logs
+            .rfind("tandem | stopping postgres")
+            .unwrap_or_else(|| panic!("tandem did not say it stopped PostgreSQL:\n{logs}"));
+        // The last line about the app before that one: its exit during the stop.
+        let app_line = logs[..last_stop]
+            .rfind("tandem | app ")
+            .and_then(|at| logs[at..].lines().next());
+        assert!(
+            app_line.is_some_and(|l| l.contains("after stopping for")),
+            "PostgreSQL was stopped before the app had exited:\n{logs}"
         );
         assert_eq!(
             logs.matches(CLEAN_SHUTDOWN).count(),
