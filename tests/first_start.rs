@@ -11,7 +11,10 @@
 //! still running after tandem exited.
 //!
 //! Each test has its own [`Sandbox`] and a password no other run uses ([`fresh_password`]), so
-//! that [`SecretWatch`] can look for it in every file made since the test began.
+//! that [`SecretWatch`] can look for it in every file made since the test began. Runs that
+//! end by a stop or a failure use [`Mode::Wrapped`], whose `sh` PID 1 lists what outlived
+//! tandem; the SIGKILL tests kill tandem as PID 1 itself ([`Mode::Pid1`]), which takes the
+//! whole namespace with it, as a killed container does.
 
 mod support;
 
@@ -75,6 +78,19 @@ fn assert_exited_within(tandem: &Tandem, since: Instant, bound: Duration, what: 
     if took >= bound {
         tandem.fail(&format!("{what}: {took:?}, expected under {bound:?}"));
     }
+}
+
+/// tandem under [`Mode::Wrapped`]: its namespace's PID 1 is a `sh` that outlives it and lists
+/// what is still running once it has exited ([`Tandem::assert_no_leftovers`]).
+fn start_wrapped(env: &Env) -> Tandem {
+    let testapp = testapp_bin();
+    Tandem::start_raw(
+        Mode::Wrapped { mount_ro: false },
+        env,
+        &["--"],
+        &[testapp.to_str().unwrap()],
+        None,
+    )
 }
 
 /// Fails if the app was started during this run: tandem's line about it, or any app output.
@@ -259,13 +275,7 @@ fn stop_signal_during_initdb(signal: Signal, tag: &str) {
     let env = first_start_env(&sandbox, tag);
     let watch = SecretWatch::new(&sandbox, env.get("POSTGRES_PASSWORD").unwrap());
 
-    let mut tandem = Tandem::start_raw(
-        Mode::Wrapped { mount_ro: false },
-        &env,
-        &["--"],
-        &[testapp_bin().to_str().unwrap()],
-        None,
-    );
+    let mut tandem = start_wrapped(&env);
     // initdb's own output, relayed: initdb is running.
     let sent = tandem.signal_at_line("postgres | selecting", signal);
     let code = tandem.wait_exit_code(STOP_TIMEOUT);
@@ -322,13 +332,7 @@ fn sigterm_during_an_init_script_kills_its_group_then_stops_the_temporary_server
     let env = first_start_env(&sandbox, "term-script");
     let watch = SecretWatch::new(&sandbox, env.get("POSTGRES_PASSWORD").unwrap());
 
-    let mut tandem = Tandem::start_raw(
-        Mode::Wrapped { mount_ro: false },
-        &env,
-        &["--"],
-        &[testapp_bin().to_str().unwrap()],
-        None,
-    );
+    let mut tandem = start_wrapped(&env);
     let sent = tandem.signal_at_line("postgres | init-sleeping", Signal::SIGTERM);
     let code = tandem.wait_exit_code(STOP_TIMEOUT);
     assert_exited_within(
@@ -399,11 +403,8 @@ fn failing_init_script_fails_the_start_and_the_next_start_refuses_by_name() {
     let bad = sandbox.init_script("02-bad.sql", "SELECT no_such_column;\n", 0o644);
     let env = first_start_env(&sandbox, "bad-script");
     let watch = SecretWatch::new(&sandbox, env.get("POSTGRES_PASSWORD").unwrap());
-    let wrapped = Mode::Wrapped { mount_ro: false };
-    let testapp = testapp_bin();
-    let cmd = [testapp.to_str().unwrap()];
 
-    let mut first = Tandem::start_raw(wrapped, &env, &["--"], &cmd, None);
+    let mut first = start_wrapped(&env);
     let code = first.wait_exit_code(START_TIMEOUT);
     let failure = format!(
         "initialisation script {} failed: psql exited with code 3",
@@ -420,7 +421,7 @@ fn failing_init_script_fails_the_start_and_the_next_start_refuses_by_name() {
     first.assert_secret_absent();
     assert_no_password_file(&first, &watch, "after the failed first start");
 
-    let mut second = Tandem::start_raw(wrapped, &env, &["--"], &cmd, None);
+    let mut second = start_wrapped(&env);
     let code = second.wait_exit_code(START_TIMEOUT);
     let prefix = format!(
         "a previous first start of {} failed",
@@ -506,17 +507,6 @@ fn standin_postgres(sandbox: &Sandbox) -> Env {
     env.set("PG_BINDIR", bin.to_str().unwrap())
         .set("TANDEM_STOP_TIMEOUT", "3s");
     env
-}
-
-fn start_wrapped(env: &Env) -> Tandem {
-    let testapp = testapp_bin();
-    Tandem::start_raw(
-        Mode::Wrapped { mount_ro: false },
-        env,
-        &["--"],
-        &[testapp.to_str().unwrap()],
-        None,
-    )
 }
 
 /// TANDEM_PG_START_TIMEOUT=1s: past it, tandem stops the server with the whole ladder
