@@ -329,9 +329,13 @@ impl Ctx<'_> {
         }
         // Last, so the user's arguments win over ours as they do in the official image.
         spec = spec.args(&s.initdb_args);
-        let step = self
-            .steps
-            .spawn(spec, "initdb", StepKind::Task, Some(INITDB_TIMEOUT), true)?;
+        let step = self.steps.spawn(
+            spec,
+            "initdb",
+            StepKind::Scratch,
+            Some(INITDB_TIMEOUT),
+            true,
+        )?;
         match self.steps.wait(step).await? {
             e if e.success() => Ok(()),
             e => Err(SetupError::Failed(format!(

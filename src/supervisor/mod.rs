@@ -139,6 +139,10 @@ pub struct Step {
 pub enum StepKind {
     /// Runs to completion; stopped with SIGTERM to its process group, then SIGKILL.
     Task,
+    /// Runs to completion, and what it makes is thrown away when it is stopped: SIGKILL to
+    /// its process group at once (initdb, which only acts on a signal at its next step, and
+    /// whose own probes ignore SIGINT).
+    Scratch,
     /// Stays up across the steps after it until the set-up asks for it to be stopped
     /// ([`Event::StepStopWanted`]); stopped with the service's own ladder.
     Server,

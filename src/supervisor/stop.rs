@@ -220,6 +220,11 @@ impl Supervisor {
                         first_timeout: svc.spec.step_timeout,
                         leader_only: false,
                     },
+                    StepKind::Scratch => Ladder {
+                        signals: vec![Signal::SIGKILL],
+                        first_timeout: Duration::ZERO,
+                        leader_only: false,
+                    },
                     StepKind::Server => main_ladder(&svc.spec),
                 },
             ),
