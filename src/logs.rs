@@ -95,7 +95,8 @@ pub fn emit(source: &str, stream: Stream, line: &str) {
 /// Copies a child's pipe to our output line by line, prefixed with `source`, until EOF.
 /// Bytes that are not UTF-8 are replaced rather than dropped.
 /// The returned receiver resolves (with an error: its sender is dropped) at EOF.
-pub fn pump(source: String, stream: Stream, fd: OwnedFd) -> Option<oneshot::Receiver<()>> {
+pub fn pump(source: &str, stream: Stream, fd: OwnedFd) -> Option<oneshot::Receiver<()>> {
+    let source = source.to_string();
     let rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
         Err(e) => {
@@ -130,9 +131,15 @@ pub fn pump(source: String, stream: Stream, fd: OwnedFd) -> Option<oneshot::Rece
 /// The end of one child's output, to be awaited before its exit is reported, so that its
 /// last lines (PostgreSQL's "database system is shut down") come before tandem's line
 /// about its exit.
+#[derive(Default)]
 pub struct Drained(Vec<oneshot::Receiver<()>>);
 
 impl Drained {
+    /// One more pipe to wait for (none when its pump could not start).
+    pub fn add(&mut self, eof: Option<oneshot::Receiver<()>>) {
+        self.0.extend(eof);
+    }
+
     /// Waits for EOF on every pipe, at most `limit`: a grandchild may keep a pipe open.
     pub async fn wait(self, limit: Duration) {
         let all = async {
@@ -156,16 +163,16 @@ pub async fn drain(limit: Duration) {
     let _ = tokio::time::timeout(limit, all).await;
 }
 
-/// Attaches pumps to whatever stdout/stderr pipes `child` has.
-pub fn pump_child(source: &str, child: &mut std::process::Child) -> Drained {
-    let mut ends = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        ends.extend(pump(source.to_string(), Stream::Stdout, OwnedFd::from(out)));
+/// Attaches pumps to whatever stdout/stderr pipes `spawned` has.
+pub fn pump_spawned(source: &str, spawned: &mut crate::process::Spawned) -> Drained {
+    let mut ends = Drained::default();
+    if let Some(out) = spawned.stdout.take() {
+        ends.add(pump(source, Stream::Stdout, OwnedFd::from(out)));
     }
-    if let Some(err) = child.stderr.take() {
-        ends.extend(pump(source.to_string(), Stream::Stderr, OwnedFd::from(err)));
+    if let Some(err) = spawned.stderr.take() {
+        ends.add(pump(source, Stream::Stderr, OwnedFd::from(err)));
     }
-    Drained(ends)
+    ends
 }
 
 /// tandem's own events, formatted like a child's lines under the name `tandem`.

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tandem::config;
-use tandem::control::{self, HealthReport, Request, Response};
-use tandem::runtime::{self, process::Reaper};
+use tandem::control::{self, HealthReport, Request, Response, ServiceHealth};
+use tandem::process::Reaper;
+use tandem::runtime;
 
 const AFTER_HELP: &str = "\
 Zero configuration: with POSTGRES_* variables set (or TANDEM_POSTGRES=on), tandem
@@ -261,16 +262,12 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Ok(r) => r,
         Err(e) => return unhealthy(&e, json),
     };
-    let services: Vec<control::ServiceHealth> = probes
+    let services = probes
         .iter()
         .zip(results)
-        .map(|((name, probe, _), r)| control::ServiceHealth::from_probe(name, probe.kind(), r))
+        .map(|((name, probe, _), r)| ServiceHealth::from_probe(name, probe.kind(), r.as_ref()))
         .collect();
-    let report = HealthReport {
-        healthy: services.iter().all(|s| s.healthy),
-        services,
-    };
-    report_health(&report, json)
+    report_health(&HealthReport::of(services), json)
 }
 
 fn status(json: bool) -> i32 {

@@ -4,15 +4,15 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 
 use super::{
-    app_spec, health_spec, parse_duration, parse_signal, postgres_probe, postgres_spec,
-    socket_path, var, CommandPlan, Launch, Plan, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH,
-    DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
+    health_spec, parse_duration, parse_signal, postgres_probe, socket_path, var, CommandPlan,
+    Launch, Plan, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
+    DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
 use crate::postgres;
-use crate::runtime::process::{resolve_program, Identity, Reaper};
-use crate::supervisor::Condition;
-use crate::supervisor::HealthSpec;
+use crate::process::{resolve_program, Identity, Reaper};
+use crate::supervisor::plan::{Builder, ServiceDef, StopStyle};
+use crate::supervisor::{Condition, HealthSpec, Settings, StopExit};
 use std::time::Duration;
 
 /// Why a plan could not be made, with the exit code it deserves.
@@ -55,21 +55,39 @@ pub fn from_env(
         );
     }
 
-    let mut services = Vec::new();
+    let stop_exit = match var(env, "TANDEM_STOP_EXIT") {
+        None | Some("clean") => StopExit::Clean,
+        Some("app") => StopExit::App,
+        Some(v) => return Err(format!("TANDEM_STOP_EXIT={v:?}: use clean or app").into()),
+    };
+
+    // Each service's description for the supervisor, and how the runtime runs it.
+    let mut builder = Builder::new(stop_budget);
+    let mut launches: Vec<(Launch, Option<Probe>)> = Vec::new();
     let mut pg_settings = None;
     if want_postgres {
         let settings = postgres::Settings::from_env(env)?;
         let bins = postgres::locate_binaries(&settings, env, reaper)?;
-        let mut spec = postgres_spec(stop_budget, cmd.is_empty());
-        spec.health = Some(health_spec(env, "TANDEM_PG", DEFAULT_PG_HEALTH)?);
-        services.push(ServicePlan {
-            probe: Some(postgres_probe(&settings)),
-            spec,
-            launch: Launch::Postgres(Box::new(PostgresPlan {
+        let start_timeout = match var(env, "TANDEM_PG_START_TIMEOUT") {
+            Some(v) => {
+                Some(parse_duration(v).map_err(|e| format!("TANDEM_PG_START_TIMEOUT: {e}"))?)
+                    .filter(|t| !t.is_zero())
+            }
+            None => None,
+        };
+        builder.add(
+            ServiceDef::database(postgres::SERVICE)
+                .main(cmd.is_empty())
+                .health(Some(health_spec(env, "TANDEM_PG", DEFAULT_PG_HEALTH)?))
+                .start_timeout(start_timeout),
+        );
+        launches.push((
+            Launch::Postgres(Box::new(PostgresPlan {
                 settings: settings.clone(),
                 bins,
             })),
-        });
+            Some(postgres_probe(&settings)),
+        ));
         pg_settings = Some(settings);
     }
 
@@ -84,7 +102,7 @@ pub fn from_env(
             None => None,
         };
         let mut child_env: Vec<(OsString, OsString)> = os_env.to_vec();
-        let mut depends_on = vec![];
+        let mut app = ServiceDef::daemon("app").main(true).forward_signals(true);
         if let Some(settings) = &pg_settings {
             let mut vars = postgres::app_env(settings);
             for (name, scheme) in url_aliases(env)? {
@@ -95,39 +113,52 @@ pub fn from_env(
                     child_env.push((k.into(), v.into()));
                 }
             }
-            depends_on.push((0, Condition::Healthy));
+            app = app.after(postgres::SERVICE, Condition::Healthy);
         }
-        let mut spec = app_spec(stop_budget, depends_on);
         if let Some(s) = var(env, "TANDEM_APP_STOP_SIGNAL") {
-            spec.stop_ladder[0] =
-                parse_signal(s).map_err(|e| format!("TANDEM_APP_STOP_SIGNAL: {e}"))?;
+            let signal = parse_signal(s).map_err(|e| format!("TANDEM_APP_STOP_SIGNAL: {e}"))?;
+            app = app.stop(StopStyle::Signal(signal));
         }
         if let Some(s) = var(env, "TANDEM_APP_RELOAD_SIGNAL") {
-            spec.reload_signal =
-                Some(parse_signal(s).map_err(|e| format!("TANDEM_APP_RELOAD_SIGNAL: {e}"))?);
+            app = app.reload(Some(
+                parse_signal(s).map_err(|e| format!("TANDEM_APP_RELOAD_SIGNAL: {e}"))?,
+            ));
         }
         let probe = match app_health(env, os_env, user.as_ref())? {
             Some((probe, health)) => {
-                spec.health = Some(health);
+                app = app.health(Some(health));
                 Some(probe)
             }
             None => None,
         };
-        services.push(ServicePlan {
-            probe,
-            spec,
-            launch: Launch::Command(CommandPlan {
+        builder.add(app);
+        launches.push((
+            Launch::Command(CommandPlan {
                 program,
                 argv: cmd,
                 env: child_env,
                 user,
             }),
-        });
+            probe,
+        ));
     }
 
+    let specs = builder.build().map_err(|errors| errors.join("; "))?;
+    let services = specs
+        .into_iter()
+        .zip(launches)
+        .map(|(spec, (launch, probe))| ServicePlan {
+            spec,
+            launch,
+            probe,
+        })
+        .collect();
     Ok(Plan {
         services,
-        stop_budget,
+        settings: Settings {
+            budget: stop_budget,
+            stop_exit,
+        },
         socket,
     })
 }
@@ -197,7 +228,8 @@ fn app_health(
             ))
         }
     };
-    let health = health_spec(env, "TANDEM_APP", DEFAULT_APP_HEALTH)?;
+    let mut health = health_spec(env, "TANDEM_APP", DEFAULT_APP_HEALTH)?;
+    health.probe_kind = probe.kind();
     Ok(Some((probe, health)))
 }
 
@@ -304,7 +336,7 @@ mod tests {
         let p = plan(&["sh", "-c", "true"], &[("PATH", "/usr/bin:/bin")]).unwrap();
         assert_eq!(p.services.len(), 1);
         assert!(p.services[0].spec.depends_on.is_empty());
-        assert_eq!(p.stop_budget, DEFAULT_STOP_BUDGET);
+        assert_eq!(p.stop_budget(), DEFAULT_STOP_BUDGET);
     }
 
     #[test]
@@ -332,7 +364,7 @@ mod tests {
             Some("mine"),
             "the user's own value wins"
         );
-        assert_eq!(p.stop_budget.as_secs(), 3);
+        assert_eq!(p.stop_budget().as_secs(), 3);
     }
 
     #[test]

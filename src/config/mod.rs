@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 
 use crate::health::Probe;
 use crate::postgres;
-use crate::runtime::process::Identity;
-use crate::supervisor::{self, Condition, HealthSpec, Kind, OnUnhealthy, Spec};
+use crate::process::Identity;
+use crate::supervisor::{self, HealthSpec, OnUnhealthy, Spec};
 
 mod env;
 
@@ -44,9 +44,10 @@ pub fn socket_path(tandem_socket: Option<&str>, xdg_runtime_dir: Option<&str>) -
 /// Everything tandem will do, decided before anything starts.
 #[derive(Debug)]
 pub struct Plan {
+    /// By id: the supervisor's spec of each service, and how the runtime runs it.
     pub services: Vec<ServicePlan>,
-    /// From the first stop signal to exit, everything included (`TANDEM_STOP_TIMEOUT`).
-    pub stop_budget: Duration,
+    /// The stop budget (`TANDEM_STOP_TIMEOUT`) and what a stop exits with.
+    pub settings: supervisor::Settings,
     /// The control socket (`TANDEM_SOCKET`).
     pub socket: PathBuf,
 }
@@ -66,6 +67,8 @@ pub enum Launch {
     Command(CommandPlan),
     /// The embedded PostgreSQL: initialise if needed, then the server.
     Postgres(Box<PostgresPlan>),
+    /// Nothing to run: a service elsewhere, known by its probe.
+    External,
 }
 
 #[derive(Debug)]
@@ -90,6 +93,10 @@ impl Plan {
         self.services.iter().map(|s| s.spec.clone()).collect()
     }
 
+    pub fn stop_budget(&self) -> Duration {
+        self.settings.budget
+    }
+
     /// The plan as a person reads it (`tandem check`).
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -109,6 +116,7 @@ impl Plan {
                         out.push_str(&format!(" as {}", u.name));
                     }
                 }
+                Launch::External => out.push_str(": external, not started by tandem"),
                 Launch::Postgres(p) => out.push_str(&format!(
                     ": PostgreSQL {} from {} ({}), data {}, port {}, database {:?} as {:?}",
                     p.bins.version,
@@ -125,7 +133,7 @@ impl Plan {
                 let deps: Vec<String> = spec
                     .depends_on
                     .iter()
-                    .map(|(d, c)| format!("{} {:?}", names[*d], c).to_lowercase())
+                    .map(|(d, c)| format!("{} {}", names[*d], c.as_str()))
                     .collect();
                 out.push_str(&format!("   starts when: {}\n", deps.join(", ")));
             }
@@ -152,51 +160,10 @@ impl Plan {
         }
         out.push_str(&format!(
             "stop budget: {} ms (TANDEM_STOP_TIMEOUT); control socket: {}\n",
-            self.stop_budget.as_millis(),
+            self.settings.budget.as_millis(),
             self.socket.display()
         ));
         out
-    }
-}
-
-/// The PostgreSQL service as the supervisor sees it: SIGINT (fast shutdown, clean
-/// checkpoint), then SIGQUIT (immediate), then SIGKILL, keeping a third of the budget
-/// (at least 1 s, at most half) for its clean stop whatever the app does.
-fn postgres_spec(budget: Duration, main: bool) -> Spec {
-    let reserve = (budget / 3).max(Duration::from_secs(1)).min(budget / 2);
-    Spec {
-        name: "postgres".into(),
-        kind: Kind::Daemon,
-        depends_on: vec![],
-        stop_ladder: vec![Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL],
-        stop_timeout: budget,
-        step_timeout: (reserve / 4).min(Duration::from_secs(1)),
-        stop_reserve: reserve,
-        immediate_step: 1,
-        main,
-        needs_ready: true,
-        reload_signal: Some(Signal::SIGHUP),
-        forward_signals: false,
-        health: None,
-    }
-}
-
-/// The app: its stop signal to its whole process group, SIGKILL when its share is up.
-fn app_spec(budget: Duration, depends_on: Vec<(supervisor::Id, Condition)>) -> Spec {
-    Spec {
-        name: "app".into(),
-        kind: Kind::Daemon,
-        depends_on,
-        stop_ladder: vec![Signal::SIGTERM, Signal::SIGKILL],
-        stop_timeout: budget,
-        step_timeout: Duration::ZERO,
-        stop_reserve: Duration::ZERO,
-        immediate_step: 1,
-        main: true,
-        needs_ready: false,
-        reload_signal: None,
-        forward_signals: true,
-        health: None,
     }
 }
 
@@ -277,6 +244,7 @@ fn health_spec(
         None => default.on_unhealthy,
     };
     Ok(HealthSpec {
+        probe_kind: default.probe_kind,
         interval,
         timeout,
         retries,
@@ -300,6 +268,7 @@ fn postgres_probe(settings: &postgres::Settings) -> Probe {
 /// Docker's own HEALTHCHECK defaults are 30 s / 30 s / 3; tandem probes more often so a
 /// `tandem status` is fresh, and the on-demand `tandem healthcheck` never waits for it.
 const DEFAULT_PG_HEALTH: HealthSpec = HealthSpec {
+    probe_kind: "postgres",
     interval: Duration::from_secs(10),
     timeout: Duration::from_secs(5),
     retries: 3,
@@ -307,6 +276,7 @@ const DEFAULT_PG_HEALTH: HealthSpec = HealthSpec {
     on_unhealthy: OnUnhealthy::Report,
 };
 const DEFAULT_APP_HEALTH: HealthSpec = HealthSpec {
+    probe_kind: "http",
     interval: Duration::from_secs(10),
     timeout: Duration::from_secs(5),
     retries: 3,
@@ -354,21 +324,5 @@ mod tests {
         assert_eq!(parse_signal("usr2"), Ok(Signal::SIGUSR2));
         assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
         assert!(parse_signal("SIGNOPE").is_err());
-    }
-
-    #[test]
-    fn postgres_keeps_a_third_of_the_budget_within_bounds() {
-        assert_eq!(
-            postgres_spec(Duration::from_secs(9), false).stop_reserve,
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            postgres_spec(Duration::from_secs(3), false).stop_reserve,
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            postgres_spec(Duration::from_secs(1), false).stop_reserve,
-            Duration::from_millis(500)
-        );
     }
 }

@@ -1,13 +1,21 @@
 //! The control socket through real sockets in temporary directories, and the formats.
 
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
 use super::*;
+use crate::control::wire::READ_TIMEOUT;
 use crate::postgres::testutil::TempDir;
 
-fn svc(name: &str, healthy: bool, state: &str) -> ServiceHealth {
+fn svc(name: &str, healthy: bool, state: State) -> ServiceHealth {
     ServiceHealth {
         name: name.into(),
         healthy,
-        state: state.into(),
+        state,
         kind: None,
         detail: None,
         latency_ms: None,
@@ -16,10 +24,10 @@ fn svc(name: &str, healthy: bool, state: &str) -> ServiceHealth {
 }
 
 fn report() -> HealthReport {
-    let mut pg = svc("postgres", true, "ok");
+    let mut pg = svc("postgres", true, State::Ok);
     pg.kind = Some("postgres".into());
     pg.latency_ms = Some(0.93);
-    let mut app = svc("app", true, "ok");
+    let mut app = svc("app", true, State::Ok);
     app.kind = Some("http".into());
     app.latency_ms = Some(2.8);
     HealthReport {
@@ -312,7 +320,7 @@ fn health_line_names_what_is_wrong() {
     r.healthy = false;
     let app = &mut r.services[1];
     app.healthy = false;
-    app.state = "failing".into();
+    app.state = State::Failing;
     app.detail = Some("http 503".into());
     app.latency_ms = Some(1.0);
     app.tries = Some(3);
@@ -320,25 +328,25 @@ fn health_line_names_what_is_wrong() {
     r.services[1].tries = Some(1);
     assert_eq!(r.line(), "unhealthy: app http 503");
 
-    let mut pg = svc("postgres", false, "starting");
+    let mut pg = svc("postgres", false, State::Starting);
     pg.detail = Some("starting up".into());
     let r = HealthReport {
         healthy: false,
-        services: vec![pg, svc("app", false, "not running")],
+        services: vec![pg, svc("app", false, State::NotRunning)],
     };
     assert_eq!(r.line(), "unhealthy: postgres starting up, app not running");
 
-    let mut app = svc("app", false, "not running");
+    let mut app = svc("app", false, State::NotRunning);
     app.detail = Some("exited with code 1".into());
     let r = HealthReport {
         healthy: false,
-        services: vec![svc("worker", true, "running"), app],
+        services: vec![svc("worker", true, State::Running), app],
     };
     assert_eq!(r.line(), "unhealthy: app not running (exited with code 1)");
 
     let r = HealthReport {
         healthy: true,
-        services: vec![svc("worker", true, "running")],
+        services: vec![svc("worker", true, State::Running)],
     };
     assert_eq!(r.line(), "healthy: worker running");
     let json = serde_json::to_string(&Response::Health(r)).unwrap();

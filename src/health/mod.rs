@@ -1,6 +1,6 @@
 //! Probes: is a service doing its job right now?
 //!
-//! Four kinds, each answering with an [`Outcome`] and its latency:
+//! Four kinds, each answering with a [`ProbeReport`]: an [`Outcome`] and its latency:
 //! - `postgres`: a real connection as the configured user and `SELECT 1` (a wrong password
 //!   fails, where `pg_isready` would say OK); SQLSTATE 57P03 is "starting", not a failure.
 //! - `http`: GET, healthy on 2xx, redirects not followed, body not read.
@@ -14,16 +14,14 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
 
-use crate::runtime::process::{self, ChildSetup, Identity, Reaper};
-use crate::supervisor::Exit;
+use crate::process::{ChildSpec, Env, Exit, Identity, Output, Reaper};
+pub use crate::supervisor::{Outcome, ProbeReport};
 
 /// What to check, and how.
 #[derive(Clone)]
@@ -93,48 +91,6 @@ impl std::fmt::Debug for Probe {
     }
 }
 
-/// What one probe found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", content = "detail", rename_all = "lowercase")]
-pub enum Outcome {
-    Ok,
-    /// Not ready yet, and saying so (PostgreSQL's 57P03); the detail is a few words.
-    Starting(String),
-    /// Not working; the detail is a few words ("http 503", "connection refused").
-    Fail(String),
-}
-
-impl Outcome {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok)
-    }
-
-    /// "ok", or the detail of a starting or failed probe.
-    pub fn detail(&self) -> &str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Starting(d) | Outcome::Fail(d) => d,
-        }
-    }
-}
-
-/// An outcome and how long the probe took to reach it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProbeResult {
-    pub outcome: Outcome,
-    pub latency: Duration,
-}
-
-impl ProbeResult {
-    /// A few words for a person: "ok 1.2ms", "http 503", "starting up".
-    pub fn summary(&self) -> String {
-        match &self.outcome {
-            Outcome::Ok => format!("ok {}", format_latency(self.latency)),
-            other => other.detail().to_string(),
-        }
-    }
-}
-
 /// A latency the way the one-line report shows it: "0.9ms", "12ms", "2.1s".
 pub fn format_latency(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
@@ -185,7 +141,7 @@ impl Prober {
     pub async fn run_all(
         &self,
         probes: Vec<Option<(Probe, Duration)>>,
-    ) -> Vec<Option<ProbeResult>> {
+    ) -> Vec<Option<ProbeReport>> {
         let mut results = vec![None; probes.len()];
         let mut tasks = tokio::task::JoinSet::new();
         for (i, (probe, timeout)) in probes
@@ -205,13 +161,13 @@ impl Prober {
     /// Runs `probe` once. Never takes much longer than `timeout`: when it runs out, the
     /// probe is abandoned (its connection closed, its process group killed) and reported as
     /// `Fail("timed out after N ms")`.
-    pub async fn run(&self, probe: &Probe, timeout: Duration) -> ProbeResult {
+    pub async fn run(&self, probe: &Probe, timeout: Duration) -> ProbeReport {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(timeout, self.outcome(probe, timeout)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Fail(format!("timed out after {} ms", timeout.as_millis())),
         };
-        ProbeResult {
+        ProbeReport {
             outcome,
             latency: started.elapsed(),
         }
@@ -266,24 +222,14 @@ impl Prober {
             Ok(w) => w,
             Err(e) => return Outcome::Fail(format!("cannot create a pipe: {e}")),
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2));
-        process::prepare(
-            &mut cmd,
-            &ChildSetup {
-                identity: user.cloned(),
-                new_session: true,
-            },
-        );
-        let spawned = self.reaper.spawn(&mut cmd);
-        // Our copies of the write end go with the Command.
-        drop(cmd);
-        let spawned = match spawned {
+        let mut spec = ChildSpec::new(program)
+            .args(args)
+            .user(user.cloned())
+            .stdout(Output::Fd(writer))
+            .stderr(Output::Fd(writer2));
+        spec.env = Env::Exactly(env.to_vec());
+        // Our copies of the write end go with the spec, inside spawn.
+        let spawned = match self.reaper.spawn(spec) {
             Ok(s) => s,
             Err(e) => return Outcome::Fail(e.to_string()),
         };

@@ -388,11 +388,6 @@ fn outcome_json_and_formats() {
     assert_eq!(format_latency(Duration::from_micros(930)), "0.9ms");
     assert_eq!(format_latency(Duration::from_micros(12_400)), "12ms");
     assert_eq!(format_latency(Duration::from_millis(2140)), "2.1s");
-    let r = ProbeResult {
-        outcome: Outcome::Ok,
-        latency: Duration::from_micros(1200),
-    };
-    assert_eq!(r.summary(), "ok 1.2ms");
     assert_eq!(
         io_detail(&io::Error::from_raw_os_error(111)),
         "connection refused"
@@ -417,11 +412,8 @@ const PG_USER: &str = "probe_user";
 const PG_PASSWORD: &str = "right horse battery";
 
 impl Pg {
-    fn postgres_user() -> ChildSetup {
-        ChildSetup {
-            identity: Some(Identity::lookup("postgres").unwrap()),
-            new_session: true,
-        }
+    fn postgres_user() -> Option<Identity> {
+        Some(Identity::lookup("postgres").unwrap())
     }
 
     fn chown_to_postgres(path: &Path) {
@@ -440,17 +432,17 @@ impl Pg {
         let pw = dir.path().join("pw");
         std::fs::write(&pw, format!("{PG_PASSWORD}\n")).unwrap();
         Self::chown_to_postgres(&pw);
-        let mut cmd = Command::new(format!("{PG_BIN}/initdb"));
-        cmd.arg("-D")
+        let spec = ChildSpec::new(format!("{PG_BIN}/initdb"))
+            .arg("-D")
             .arg(dir.path().join("data"))
             .arg(format!("--username={PG_USER}"))
             .arg(format!("--pwfile={}", pw.display()))
             .args(["--auth=scram-sha-256", "--no-sync", "--no-instructions"])
-            .current_dir("/")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        process::prepare(&mut cmd, &Self::postgres_user());
-        assert!(testutil::run(&mut cmd).await.success(), "initdb failed");
+            .cwd("/")
+            .user(Self::postgres_user())
+            .stdout(Output::Null)
+            .stderr(Output::Null);
+        assert!(testutil::run(spec).await.success(), "initdb failed");
         Pg {
             dir,
             port: testutil::port(),
@@ -460,21 +452,20 @@ impl Pg {
     }
 
     fn start(&mut self, extra: &[&str]) {
-        let mut cmd = Command::new(format!("{PG_BIN}/postgres"));
-        cmd.arg("-D")
+        let spec = ChildSpec::new(format!("{PG_BIN}/postgres"))
+            .arg("-D")
             .arg(self.dir.path().join("data"))
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-k")
             .arg(self.dir.path().join("sock"))
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(extra)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        process::prepare(&mut cmd, &Self::postgres_user());
-        let spawned = testutil::reaper().spawn(&mut cmd).unwrap();
+            .args(extra.iter().copied())
+            .cwd("/")
+            .user(Self::postgres_user())
+            .stdout(Output::Null)
+            .stderr(Output::Null);
+        let spawned = testutil::reaper().spawn(spec).unwrap();
         self.pid = Some(spawned.pid);
         self.exit = Some(spawned.exit);
     }
@@ -561,13 +552,13 @@ async fn postgres_probe_logs_in_for_real() {
     pg.start(&[]);
     // On the way up: refused, perhaps "starting up" (57P03) if a probe lands in the window
     // between the socket opening and recovery finishing, then ok; never anything else.
-    let seen = pg.poll(&pg.tcp(PG_PASSWORD), Outcome::is_ok).await;
+    let seen = pg.poll(&pg.tcp(PG_PASSWORD), |o| *o == Outcome::Ok).await;
     eprintln!("postgres probe outcomes during start: {seen:?}");
     assert_eq!(seen.last(), Some(&Outcome::Ok), "{seen:?}");
     let starting = Outcome::Starting("starting up".into());
     assert!(
         seen.iter()
-            .all(|o| o.is_ok() || *o == starting || *o == fail("connection refused")),
+            .all(|o| *o == Outcome::Ok || *o == starting || *o == fail("connection refused")),
         "{seen:?}"
     );
     let mut lat = Vec::new();
@@ -599,12 +590,11 @@ async fn postgres_probe_logs_in_for_real() {
             "password authentication failed for user \"{PG_USER}\""
         ))
     );
-    let mut isready = Command::new(format!("{PG_BIN}/pg_isready"));
-    isready
+    let isready = ChildSpec::new(format!("{PG_BIN}/pg_isready"))
         .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", PG_USER])
-        .stdout(Stdio::null());
+        .stdout(Output::Null);
     assert!(
-        testutil::run(&mut isready).await.success(),
+        testutil::run(isready).await.success(),
         "pg_isready should say OK"
     );
     let r = p.run(&pg.probe("127.0.0.1", None, "postgres"), t).await;

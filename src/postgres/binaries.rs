@@ -1,12 +1,10 @@
 //! Finding the PostgreSQL programs: the configured directory, PG_BINDIR, `pg_config
 //! --bindir`, the newest Debian-style `/usr/lib/postgresql/*/bin`, then PATH.
 
+use crate::process::{self, ChildSpec, Output, Reaper};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-use crate::runtime::process::{self, ChildSetup, Reaper};
 
 use super::Settings;
 
@@ -81,7 +79,7 @@ fn find_dir(
     match process::resolve_program("pg_config".as_ref(), path_var.map(|p| p.as_ref())) {
         Err(_) => tried.push("pg_config (not on PATH)".into()),
         Ok(pg_config) => {
-            match first_line_of(Command::new(&pg_config).arg("--bindir"), settings, reaper) {
+            match first_line_of(ChildSpec::new(&pg_config).arg("--bindir"), settings, reaper) {
                 Ok(line) if !line.is_empty() => {
                     let dir = PathBuf::from(line);
                     match check_dir(&dir) {
@@ -158,7 +156,7 @@ fn debian_major(dir: &Path) -> Option<String> {
 
 fn server_version(dir: &Path, settings: &Settings, reaper: &Reaper) -> Result<String, String> {
     let postgres = dir.join("postgres");
-    let line = first_line_of(Command::new(&postgres).arg("--version"), settings, reaper)
+    let line = first_line_of(ChildSpec::new(&postgres).arg("--version"), settings, reaper)
         .map_err(|e| format!("cannot learn the version of {}: {e}", postgres.display()))?;
     parse_version(&line).ok_or_else(|| {
         format!(
@@ -180,31 +178,19 @@ fn parse_version(line: &str) -> Option<String> {
 /// Runs `cmd` as PostgreSQL's user and returns the first line of its stdout. The reaper
 /// collects the exit status whenever it next runs; nothing here waits for it, since the
 /// output is all we need and EOF tells us the program is done writing.
-fn first_line_of(
-    cmd: &mut Command,
-    settings: &Settings,
-    reaper: &Reaper,
-) -> Result<String, String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .current_dir("/");
-    process::prepare(
-        cmd,
-        &ChildSetup {
-            identity: settings.os_user.clone(),
-            new_session: false,
-        },
-    );
-    let mut spawned = reaper.spawn(cmd).map_err(|e| e.to_string())?;
+fn first_line_of(spec: ChildSpec, settings: &Settings, reaper: &Reaper) -> Result<String, String> {
+    let program = spec.program.clone();
+    let spec = spec
+        .stderr(Output::Null)
+        .user(settings.os_user.clone())
+        .cwd("/")
+        .same_session();
+    let mut spawned = reaper.spawn(spec).map_err(|e| e.to_string())?;
     let mut out = String::new();
-    if let Some(mut stdout) = spawned.child.stdout.take() {
-        stdout.read_to_string(&mut out).map_err(|e| {
-            format!(
-                "cannot read the output of {}: {e}",
-                cmd.get_program().to_string_lossy()
-            )
-        })?;
+    if let Some(mut stdout) = spawned.stdout.take() {
+        stdout
+            .read_to_string(&mut out)
+            .map_err(|e| format!("cannot read the output of {}: {e}", program.display()))?;
     }
     // Wait for it to be reaped, so nothing we started is still exiting when we move on (or
     // exit on an error). The caller has the reaper running. The wait happens on a thread of

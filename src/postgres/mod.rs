@@ -2,41 +2,49 @@
 //!
 //! - [`settings`]: POSTGRES_*, their `_FILE` variants, PGDATA, PGPORT -> [`Settings`].
 //! - [`binaries`]: which installation to run -> [`Binaries`].
-//! - [`init`]: directories and owners on every start; initdb, a temporary socket-only
-//!   server, POSTGRES_DB and `/docker-entrypoint-initdb.d` on the first ([`prepare`]).
+//! - `dirs`: PGDATA, the socket and WAL directories and their owner, on every start.
+//! - [`first_start`]: initdb, a temporary socket-only server, POSTGRES_DB, safe against a
+//!   kill at any moment ([`prepare`]); `scripts`: `/docker-entrypoint-initdb.d`.
+//! - [`steps`]: how the set-up reports each process it starts to the supervisor.
 //! - [`ready`]: `postmaster.pid` watched with inotify, then one protocol round trip
 //!   ([`wait_ready`]).
 //!
 //! Starting, signalling and reaping the real server belong to the runtime; this module hands
-//! it the command ([`server_command`]) and the app's environment ([`app_env`]).
+//! it the child ([`server_spec`]) and the app's environment ([`app_env`]).
 
-use std::process::Command;
+use crate::process::ChildSpec;
 
 pub mod binaries;
-pub mod init;
+mod dirs;
+pub mod first_start;
 pub mod ready;
+mod scripts;
 pub mod settings;
+pub mod steps;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 pub use binaries::{locate_binaries, Binaries};
-pub use init::{prepare, ChildSlot, INIT_MARKER};
+pub use first_start::prepare;
 pub use ready::wait_ready;
 pub use settings::Settings;
+pub use steps::{SetupError, Steps};
 
-/// The real server: `postgres -D PGDATA -p PGPORT -k SOCKET_DIR`. User and session are not
-/// applied here: the runtime calls `process::prepare` with `settings.os_user`.
-pub fn server_command(settings: &Settings, bins: &Binaries) -> Command {
-    let mut cmd = Command::new(bins.program("postgres"));
-    cmd.arg("-D")
+/// The embedded database's service name (and its log prefix).
+pub const SERVICE: &str = "postgres";
+
+/// The real server: `postgres -D PGDATA -p PGPORT -k SOCKET_DIR`, as PostgreSQL's user, in
+/// its own session, from `/` (its user may not be able to enter tandem's directory).
+pub fn server_spec(settings: &Settings, bins: &Binaries) -> ChildSpec {
+    ChildSpec::new(bins.program("postgres"))
+        .arg("-D")
         .arg(&settings.data_dir)
         .arg("-p")
         .arg(settings.port.to_string())
         .arg("-k")
         .arg(&settings.socket_dir)
-        // PostgreSQL's user may not be able to enter tandem's working directory.
-        .current_dir("/");
-    cmd
+        .user(settings.os_user.clone())
+        .cwd("/")
 }
 
 /// What the app gets unless the user set it already: `DATABASE_URL` and libpq's PG*
@@ -151,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn server_command_is_postgres_with_data_port_and_socket() {
+    fn server_spec_is_postgres_with_data_port_and_socket() {
         let s = Settings::from_env(&HashMap::from([("PGPORT".to_string(), "6001".to_string())]))
             .unwrap();
         let bins = Binaries {
@@ -159,10 +167,13 @@ mod tests {
             version: "15.18".into(),
             source: "config",
         };
-        let cmd = server_command(&s, &bins);
-        assert_eq!(cmd.get_program(), "/usr/lib/postgresql/15/bin/postgres");
-        let args: Vec<_> = cmd
-            .get_args()
+        let spec = server_spec(&s, &bins);
+        assert_eq!(
+            spec.program.as_os_str(),
+            "/usr/lib/postgresql/15/bin/postgres"
+        );
+        let args: Vec<_> = spec.argv[1..]
+            .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert_eq!(

@@ -30,7 +30,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// "cannot connect now" (an authentication error or a missing database still means up).
 /// Cancel-safe: it holds nothing but local state, so the caller may drop it at any await.
 pub async fn wait_ready(settings: &Settings, pid: Pid) -> Result<(), String> {
-    wait_pid_file(&settings.data_dir, pid).await?;
+    wait_ready_in(&settings.data_dir, settings, pid).await
+}
+
+/// [`wait_ready`] for a server whose data directory is `data_dir` (the first start's).
+pub async fn wait_ready_in(data_dir: &Path, settings: &Settings, pid: Pid) -> Result<(), String> {
+    wait_pid_file(data_dir, pid).await?;
     let mut delay = RETRY_FIRST;
     while !round_trip(settings).await {
         tokio::time::sleep(delay).await;

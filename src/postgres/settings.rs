@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use nix::unistd::Uid;
 
-use crate::runtime::process::Identity;
+use crate::process::Identity;
 
 /// Where the official image keeps its data.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/postgresql/data";

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::runtime::process::Reaper;
+use crate::process::{ChildSpec, Exit, Reaper};
 
 /// The test binary's one reaper, drained by a background thread.
 pub fn reaper() -> Reaper {
@@ -66,9 +66,9 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `cmd` through the shared reaper and returns how it ended.
-pub async fn run(cmd: &mut std::process::Command) -> crate::supervisor::Exit {
-    let spawned = reaper().spawn(cmd).unwrap();
+/// Runs `spec` through the shared reaper and returns how it ended.
+pub async fn run(spec: ChildSpec) -> Exit {
+    let spawned = reaper().spawn(spec).unwrap();
     spawned.exit.await.unwrap()
 }
 

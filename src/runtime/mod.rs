@@ -1,54 +1,43 @@
-//! The edges: spawning, reaping, signals and timers, feeding the supervisor.
+//! The event loop: it feeds the [`Supervisor`] and carries out its [`Action`]s.
 //!
 //! One thread waits for signals synchronously (all of them are blocked everywhere, so no
 //! handler ever runs) and reaps on SIGCHLD; one single-threaded tokio loop owns the
-//! [`Supervisor`], turns facts into [`Event`]s, and carries out its [`Action`]s.
+//! supervisor, turns facts into [`Event`]s, and carries out what it decides: starting
+//! services (through [`crate::process`]), signals, probes, and the exit.
 
 mod control;
-pub mod process;
 mod signals;
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use crate::config::{CommandPlan, Launch, Plan, PostgresPlan};
-use crate::health::{Outcome, Prober};
+use crate::health::Prober;
 use crate::logs;
-use crate::postgres;
-use crate::supervisor::{Action, Event, Id, ProbeReport, Supervisor, Verdict, EXIT_START_FAILED};
-use process::{ChildSetup, Reaper};
+use crate::postgres::{self, SetupError, Steps};
+use crate::process::{self, ChildSpec, Env, Exit, Reaper};
+use crate::supervisor::{Action, Event, Id, Supervisor, Target, EXIT_START_FAILED};
 
 pub use signals::{block_signals, spawn_reaper_thread, spawn_signal_thread};
 
 /// How long, at exit, we wait for the last lines of children's output to be copied out.
 /// Only spent when something outside our process groups still holds a pipe open.
-const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
 /// How long a child's last output may still take to arrive after its exit before the exit
 /// is reported anyway (a grandchild holding the pipe open).
-const LAST_WORDS: std::time::Duration = std::time::Duration::from_millis(50);
+const LAST_WORDS: Duration = Duration::from_millis(50);
 
 /// How long the exit sweep may go round killing children (and the orphans that killing
 /// them makes), and how often it looks again while the reaper collects them.
-const SWEEP_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
-const SWEEP_ROUND: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// What the runtime knows about one service's processes.
-struct Running {
-    /// The main process (and process-group leader), once started.
-    pid: Option<Pid>,
-    /// The process group, kept after exit for the final sweep.
-    pgid: Option<Pid>,
-    /// PostgreSQL's set-up step currently running (initdb, the temporary server, psql).
-    init_child: postgres::ChildSlot,
-    /// Signals other than SIGKILL go to the leader only (PostgreSQL's postmaster relays
-    /// them to its backends itself), not to the whole group.
-    leader_only: bool,
-}
+const SWEEP_LIMIT: Duration = Duration::from_millis(500);
+const SWEEP_ROUND: Duration = Duration::from_millis(2);
 
 /// Runs the plan until the supervisor says exit; returns the exit code.
 pub async fn run(
@@ -65,30 +54,29 @@ pub async fn run(
         }
     };
     let (ask_tx, mut asks) = mpsc::channel(16);
+    let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
     // Kept for the life of the loop; dropping it removes the socket file.
     let _control = control::serve(&plan, ask_tx).await;
-    let mut sup = Supervisor::new(plan.specs(), plan.stop_budget);
-    let mut running: Vec<Running> = plan
+    let mut sup = Supervisor::new(plan.specs(), plan.settings);
+    let cancels: Vec<Arc<AtomicBool>> = plan
         .services
         .iter()
-        .map(|s| Running {
-            pid: None,
-            pgid: None,
-            init_child: Arc::new(Mutex::new(None)),
-            leader_only: matches!(s.launch, Launch::Postgres(_)),
-        })
+        .map(|_| Arc::new(AtomicBool::new(false)))
         .collect();
+    // Every process group a service or a set-up step led, for the sweep at exit.
+    let mut groups: Vec<Pid> = Vec::new();
     let plan = Arc::new(plan);
 
     sup.start(Instant::now());
     loop {
         while let Some(action) = sup.poll_action() {
             match action {
-                Action::Start(id) => start(id, &plan, &reaper, &tx, &running[id]),
-                Action::Signal { id, signal } => send(&running[id], sup.name(id), signal),
+                Action::Start(id) => start(id, &plan, &reaper, &tx, &cancels[id]),
+                Action::Signal { id, signal, to } => send(sup.name(id), signal, to),
+                Action::CancelSetup(id) => cancels[id].store(true, Ordering::Relaxed),
                 Action::Probe(id) => probe(id, &plan, &prober, &tx),
                 Action::Exit { code } => {
-                    sweep(&running).await;
+                    sweep(&groups).await;
                     logs::drain(OUTPUT_DRAIN).await;
                     return code;
                 }
@@ -99,19 +87,20 @@ pub async fn run(
             ev = events.recv() => {
                 let Some(ev) = ev else { return EXIT_START_FAILED };
                 match &ev {
-                    Event::Started { id, pid } => {
-                        running[*id].pid = Some(*pid);
-                        running[*id].pgid = Some(*pid);
+                    Event::Started { pid, .. } | Event::StepStarted { pid, .. } => groups.push(*pid),
+                    // A group that is empty now needs no sweep (and its id may be reused).
+                    Event::Exited { .. } | Event::StepExited { .. } => {
+                        groups.retain(|g| nix::sys::signal::kill(Pid::from_raw(-g.as_raw()), None) != Err(Errno::ESRCH));
                     }
-                    Event::Exited { id, .. } => running[*id].pid = None,
                     _ => {}
                 }
                 sup.handle(ev, Instant::now());
             }
             _ = sleep_until(deadline) => sup.handle_timeout(Instant::now()),
             Some((request, reply)) = asks.recv() => {
-                control::answer(request, reply, &sup, &plan, &prober, Instant::now());
+                control::answer(request, reply, &sup, &plan, &prober, &verdict_tx, Instant::now());
             }
+            Some((fresh, reply)) = verdicts.recv() => control::verdict(&sup, fresh, reply, Instant::now()),
         }
     }
 }
@@ -128,31 +117,32 @@ fn start(
     plan: &Arc<Plan>,
     reaper: &Reaper,
     tx: &mpsc::UnboundedSender<Event>,
-    run: &Running,
+    cancel: &Arc<AtomicBool>,
 ) {
     let name = plan.services[id].spec.name.clone();
     match &plan.services[id].launch {
         Launch::Command(c) => start_command(id, &name, c, reaper, tx),
         Launch::Postgres(_) => {
             let plan = Arc::clone(plan);
-            let reaper = reaper.clone();
             let tx = tx.clone();
-            let slot = Arc::clone(&run.init_child);
+            let steps = Steps::new(id, tx.clone(), Arc::clone(cancel), reaper.clone());
             tokio::spawn(async move {
                 let Launch::Postgres(pg) = &plan.services[id].launch else {
                     return;
                 };
-                start_postgres(id, &name, pg, &reaper, &tx, &slot).await;
+                start_postgres(id, &name, pg, steps, &tx).await;
             });
         }
+        // Nothing to start: the supervisor probes it.
+        Launch::External => {}
     }
 }
 
-/// Forwards the exit status of `spawned` to the supervisor when the reaper delivers it,
-/// once its last output lines are out.
+/// Forwards the exit status of a service's main process to the supervisor when the reaper
+/// delivers it, once its last output lines are out.
 fn forward_exit(
     id: Id,
-    exit: tokio::sync::oneshot::Receiver<crate::supervisor::Exit>,
+    exit: tokio::sync::oneshot::Receiver<Exit>,
     output: logs::Drained,
     tx: &mpsc::UnboundedSender<Event>,
 ) {
@@ -172,26 +162,12 @@ fn start_command(
     reaper: &Reaper,
     tx: &mpsc::UnboundedSender<Event>,
 ) {
-    let mut cmd = std::process::Command::new(&c.program);
-    if let Some((argv0, rest)) = c.argv.split_first() {
-        std::os::unix::process::CommandExt::arg0(&mut cmd, argv0);
-        cmd.args(rest);
-    }
-    cmd.env_clear()
-        .envs(c.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    process::prepare(
-        &mut cmd,
-        &ChildSetup {
-            identity: c.user.clone(),
-            new_session: true,
-        },
-    );
-    match reaper.spawn(&mut cmd) {
+    let mut spec = ChildSpec::new(&c.program).user(c.user.clone());
+    spec.argv = c.argv.clone();
+    spec.env = Env::Exactly(c.env.clone());
+    match reaper.spawn(spec) {
         Ok(mut spawned) => {
-            let output = logs::pump_child(name, &mut spawned.child);
+            let output = logs::pump_spawned(name, &mut spawned);
             let _ = tx.send(Event::Started {
                 id,
                 pid: spawned.pid,
@@ -208,15 +184,14 @@ fn start_command(
     }
 }
 
-/// Initialises PGDATA if needed, starts the server, and reports it ready once the
-/// postmaster says so and a protocol round trip works.
+/// Prepares PGDATA (the first start's steps reported as they run), starts the server, and
+/// reports it ready once the postmaster says so and a protocol round trip works.
 async fn start_postgres(
     id: Id,
     name: &str,
     pg: &PostgresPlan,
-    reaper: &Reaper,
+    steps: Steps,
     tx: &mpsc::UnboundedSender<Event>,
-    slot: &postgres::ChildSlot,
 ) {
     let fail = |reason: String| {
         let _ = tx.send(Event::StartFailed {
@@ -234,35 +209,28 @@ async fn start_postgres(
     if let Err(e) = check_port_free(pg.settings.port) {
         return fail(e);
     }
-    if let Err(e) = postgres::prepare(&pg.settings, &pg.bins, reaper, slot).await {
+    if let Err(e) = postgres::prepare(&pg.settings, &pg.bins, &steps).await {
+        return fail(e.message().to_string());
+    }
+    if let Err(SetupError::Interrupted(e)) = steps.check() {
         return fail(e);
     }
-    let mut cmd = postgres::server_command(&pg.settings, &pg.bins);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    process::prepare(
-        &mut cmd,
-        &ChildSetup {
-            identity: pg.settings.os_user.clone(),
-            new_session: true,
-        },
-    );
-    let mut spawned = match reaper.spawn(&mut cmd) {
+    let mut spawned = match steps
+        .reaper()
+        .spawn(postgres::server_spec(&pg.settings, &pg.bins))
+    {
         Ok(s) => s,
         Err(e) => return fail(format!("{name}: {e}")),
     };
-    let output = logs::pump_child(name, &mut spawned.child);
+    let output = logs::pump_spawned(name, &mut spawned);
     let pid = spawned.pid;
     let _ = tx.send(Event::Started { id, pid });
     let mut exit = spawned.exit;
     tokio::select! {
         ready = postgres::wait_ready(&pg.settings, pid) => match ready {
             Ok(()) => { let _ = tx.send(Event::Ready { id }); }
-            Err(e) => {
-                tracing::error!("{name} did not become ready: {e}; stopping it");
-                let _ = nix::sys::signal::kill(pid, Signal::SIGINT);
-            }
+            // The supervisor stops it through its ladder.
+            Err(e) => fail(format!("{name} cannot be watched for readiness: {e}")),
         },
         result = &mut exit => {
             if let Ok(exit) = result {
@@ -275,7 +243,7 @@ async fn start_postgres(
     forward_exit(id, exit, output, tx);
 }
 
-/// Runs a service's probe in the background and reports the verdict as an event.
+/// Runs a service's probe in the background and reports the answer as an event.
 fn probe(id: Id, plan: &Arc<Plan>, prober: &Prober, tx: &mpsc::UnboundedSender<Event>) {
     let (Some(p), Some(h)) = (&plan.services[id].probe, &plan.services[id].spec.health) else {
         return;
@@ -283,23 +251,9 @@ fn probe(id: Id, plan: &Arc<Plan>, prober: &Prober, tx: &mpsc::UnboundedSender<E
     let (p, timeout) = (p.clone(), h.timeout);
     let (prober, tx) = (prober.clone(), tx.clone());
     tokio::spawn(async move {
-        let result = prober.run(&p, timeout).await;
-        let report = to_report(&result.outcome, result.latency);
+        let report = prober.run(&p, timeout).await;
         let _ = tx.send(Event::Probe { id, report });
     });
-}
-
-pub(crate) fn to_report(outcome: &Outcome, latency: std::time::Duration) -> ProbeReport {
-    let verdict = match outcome {
-        Outcome::Ok => Verdict::Ok,
-        Outcome::Starting(_) => Verdict::Starting,
-        Outcome::Fail(_) => Verdict::Fail,
-    };
-    ProbeReport {
-        verdict,
-        detail: outcome.detail().to_string(),
-        latency,
-    }
 }
 
 /// PostgreSQL would fail to bind with a line buried in its log; say it up front instead.
@@ -313,21 +267,11 @@ fn check_port_free(port: u16) -> Result<(), String> {
     }
 }
 
-/// Delivers a signal to a service: to its set-up step while PostgreSQL initialises, to the
-/// leader or the whole group once it runs.
-fn send(run: &Running, name: &str, signal: Signal) {
-    let result = match run.pid {
-        Some(pid) if run.leader_only && signal != Signal::SIGKILL => {
-            nix::sys::signal::kill(pid, signal)
-        }
-        Some(pid) => process::signal_group(pid, signal),
-        None => {
-            let init = *run.init_child.lock().unwrap_or_else(|p| p.into_inner());
-            match init {
-                Some(pid) => process::signal_group(pid, signal),
-                None => return,
-            }
-        }
+/// Delivers a signal where the supervisor said.
+fn send(name: &str, signal: Signal, to: Target) {
+    let result = match to {
+        Target::Leader(pid) => nix::sys::signal::kill(pid, signal),
+        Target::Group(pid) => process::signal_group(pid, signal),
     };
     match result {
         Ok(()) => tracing::debug!("sent {} to {name}", signal.as_str()),
@@ -335,16 +279,14 @@ fn send(run: &Running, name: &str, signal: Signal) {
     }
 }
 
-/// Nothing tandem started outlives it: kill what is left of every service's process group,
-/// and, when we are a subreaper rather than PID 1 (whose exit takes the whole namespace),
-/// every remaining child. Killing a child orphans its own children, which come to us in
-/// turn, so this goes round until no child is left (each round waits for the reaper), for
-/// at most [`SWEEP_LIMIT`].
-async fn sweep(running: &[Running]) {
-    for r in running {
-        if let Some(pgid) = r.pgid {
-            let _ = nix::sys::signal::kill(Pid::from_raw(-pgid.as_raw()), Signal::SIGKILL);
-        }
+/// Nothing tandem started outlives it: kill what is left of every process group it
+/// started, and, when we are a subreaper rather than PID 1 (whose exit takes the whole
+/// namespace), every remaining child. Killing a child orphans its own children, which come
+/// to us in turn, so this goes round until no child is left (each round waits for the
+/// reaper), for at most [`SWEEP_LIMIT`].
+async fn sweep(groups: &[Pid]) {
+    for pgid in groups {
+        let _ = nix::sys::signal::kill(Pid::from_raw(-pgid.as_raw()), Signal::SIGKILL);
     }
     if std::process::id() == 1 {
         return;

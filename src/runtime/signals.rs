@@ -7,7 +7,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use super::process::Reaper;
+use crate::process::Reaper;
 use crate::supervisor::Event;
 
 /// The signals tandem takes over. Children get an empty mask back before `exec`.

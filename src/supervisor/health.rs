@@ -1,12 +1,17 @@
-//! Health: when to probe, what a result means, and when a service is restarted.
+//! Health: when to probe, what an answer means, and when a service is restarted.
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Id, Phase, Supervisor};
+use serde::{Deserialize, Serialize};
+
+use super::table::{Input, Phase};
+use super::{Action, Id, Readiness, Supervisor, Timer};
 
 /// A probe's timing and the policy when it keeps failing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSpec {
+    /// The probe's kind as the config spells it ("postgres", "http", "tcp", "exec").
+    pub probe_kind: &'static str,
     /// Time between probes once the service is healthy (or unhealthy).
     pub interval: Duration,
     /// How long one probe may take; enforced by the runtime, which reports a failure.
@@ -30,7 +35,7 @@ impl HealthSpec {
 const START_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What happens when a service stays unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnUnhealthy {
     /// Stop it with its stop signal and start it again.
@@ -39,7 +44,7 @@ pub enum OnUnhealthy {
     Report,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Starting,
@@ -47,21 +52,31 @@ pub enum Health {
     Unhealthy,
 }
 
-/// What a probe said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "lowercase")]
+pub enum Outcome {
     Ok,
-    /// The service answered that it is still starting (PostgreSQL's 57P03).
-    Starting,
-    Fail,
+    /// Not ready yet, and saying so (PostgreSQL's 57P03); the detail is a few words.
+    Starting(String),
+    /// Not working; the detail is a few words ("http 503", "connection refused").
+    Fail(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Outcome {
+    /// "ok", or the detail of a starting or failed probe.
+    pub fn detail(&self) -> &str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Starting(d) | Outcome::Fail(d) => d,
+        }
+    }
+}
+
+/// A probe's answer: the one type the probes, the supervisor and the control socket share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeReport {
-    pub verdict: Verdict,
-    /// A few words: "http 503", "timed out after 2000 ms".
-    pub detail: String,
+    pub outcome: Outcome,
     pub latency: Duration,
 }
 
@@ -78,31 +93,24 @@ pub(super) struct HealthState {
     /// Consecutive failures that counted.
     pub(super) failures: u32,
     pub(super) ever_healthy: bool,
-    /// When to probe next; `None` while a probe runs or when not probing.
-    pub(super) due: Option<Instant>,
     pub(super) last: Option<LastProbe>,
 }
 
 impl Supervisor {
-    pub(super) fn issue_due_probes(&mut self, now: Instant) {
-        for id in 0..self.svcs.len() {
-            let svc = &mut self.svcs[id];
-            if svc.health.due.is_some_and(|t| t <= now) {
-                svc.health.due = None;
-                if svc.phase == Phase::Running && self.shutdown.is_none() {
-                    self.actions.push_back(Action::Probe(id));
-                }
-            }
+    /// The probe timer fired: ask for a probe; the timer is re-armed when it answers.
+    pub(super) fn issue_probe(&mut self, id: Id) {
+        let phase = self.svcs[id].phase;
+        if matches!(phase, Phase::Running | Phase::Ready) && self.shutdown.is_none() {
+            self.actions.push_back(Action::Probe(id));
         }
     }
 
     pub(super) fn on_probe(&mut self, id: Id, report: ProbeReport, now: Instant) {
-        let in_shutdown = self.shutdown.is_some();
         let svc = &mut self.svcs[id];
         let Some(spec) = svc.spec.health.clone() else {
             return;
         };
-        if svc.phase != Phase::Running || in_shutdown {
+        if !matches!(svc.phase, Phase::Running | Phase::Ready) || self.shutdown.is_some() {
             return;
         }
         let name = svc.spec.name.clone();
@@ -113,76 +121,59 @@ impl Supervisor {
         });
         let in_start_period =
             !h.ever_healthy && svc.started_at.is_some_and(|t| now < t + spec.start_period);
-        match report.verdict {
-            Verdict::Ok => {
-                if h.health != Some(Health::Healthy) {
-                    if h.health == Some(Health::Unhealthy) {
-                        tracing::info!("{name} is healthy again");
-                    }
-                    h.health = Some(Health::Healthy);
+        let mut restart = false;
+        match &report.outcome {
+            Outcome::Ok => {
+                if h.health == Some(Health::Unhealthy) {
+                    tracing::info!("{name} is healthy again");
                 }
+                h.health = Some(Health::Healthy);
                 h.failures = 0;
                 h.ever_healthy = true;
             }
-            Verdict::Starting => {
-                if h.health.is_none() {
-                    h.health = Some(Health::Starting);
-                }
-            }
-            Verdict::Fail if in_start_period => {
+            Outcome::Starting(_) => {
                 h.health.get_or_insert(Health::Starting);
             }
-            Verdict::Fail => {
+            Outcome::Fail(_) if in_start_period => {
+                h.health.get_or_insert(Health::Starting);
+            }
+            Outcome::Fail(detail) => {
                 h.failures += 1;
                 // Not unhealthy yet, but not known healthy either.
                 h.health.get_or_insert(Health::Starting);
                 if h.failures >= spec.retries.max(1) && h.health != Some(Health::Unhealthy) {
                     h.health = Some(Health::Unhealthy);
                     tracing::warn!(
-                        "{name} is unhealthy ({} failed probes in a row): {}",
-                        h.failures,
-                        report.detail
+                        "{name} is unhealthy ({} failed probes in a row): {detail}",
+                        h.failures
                     );
-                    if spec.on_unhealthy == OnUnhealthy::Restart {
-                        self.begin_restart(id, now);
-                        return;
-                    }
+                    restart = spec.on_unhealthy == OnUnhealthy::Restart;
                 }
             }
         }
-        let svc = &mut self.svcs[id];
-        let h = &mut svc.health;
-        h.due = Some(
-            now + if h.ever_healthy {
-                spec.interval
-            } else {
-                spec.start_interval()
-            },
-        );
-        // A service with a probe and no readiness check of its own is ready when healthy.
-        if report.verdict == Verdict::Ok && !svc.ready {
-            self.on_ready(id, now);
+        if restart {
+            self.apply(id, Input::Restart, now);
+            return;
+        }
+        let every = if self.svcs[id].health.ever_healthy {
+            spec.interval
+        } else {
+            spec.start_interval()
+        };
+        self.timers.set(Timer::Probe(id), now + every);
+        // A service whose probe is its readiness check is ready at the first success.
+        let svc = &self.svcs[id];
+        if report.outcome == Outcome::Ok
+            && svc.phase == Phase::Running
+            && svc.spec.readiness == Readiness::Probe
+        {
+            self.apply(id, Input::Ready, now);
         }
     }
+}
 
-    /// Stops a service with its own stop signal and timeout, to start it again on exit.
-    fn begin_restart(&mut self, id: Id, now: Instant) {
-        let svc = &mut self.svcs[id];
-        tracing::info!(
-            "restarting {} ({})",
-            svc.spec.name,
-            svc.spec.stop_ladder[0].as_str()
-        );
-        let later = svc.spec.step_timeout * (svc.spec.stop_ladder.len() as u32).saturating_sub(2);
-        svc.phase = Phase::Stopping;
-        svc.restarting = true;
-        svc.stop_began = Some(now);
-        svc.stop_window_end = Some(now + svc.spec.stop_timeout + later);
-        svc.health.due = None;
-        self.set_step(id, 0, now);
-    }
-
-    /// The health of a service as the supervisor last saw it.
+impl Supervisor {
+    /// The health of a service as the supervisor last saw it, and its failures in a row.
     pub fn health(&self, id: Id) -> (Option<Health>, u32) {
         let h = &self.svcs[id].health;
         (h.health, h.failures)

@@ -1,10 +1,18 @@
-//! The decisions: what to start, signal and when to exit. Pure code.
+//! The decisions: what to start, signal and probe, and when to exit. Pure code.
 //!
 //! The supervisor never reads the clock and never touches a process. Every input carries
 //! `now`; the answers are [`Action`]s, drained with [`Supervisor::poll_action`], and one
-//! deadline, [`Supervisor::next_deadline`], at which the runtime calls
-//! [`Supervisor::handle_timeout`]. That keeps ordering, escalation and the stop budget
-//! testable in microseconds with a fake clock (see the tests at the bottom).
+//! deadline, [`Supervisor::next_deadline`] (the minimum of a table of [`timers::Timer`]s), at
+//! which the runtime calls [`Supervisor::handle_timeout`].
+//!
+//! - [`plan`]: services described by name and validated into [`Spec`]s ([`plan::Builder`]),
+//!   the stop-budget arithmetic included.
+//! - [`table`]: each service's [`Phase`], and the one transition function: a named cell for
+//!   every (phase, input) pair.
+//! - `stop`: the shutdown, stop ladders and their share of the budget.
+//! - `health`: when to probe and what the answers mean.
+//! - [`verdict`]: whether the container is healthy and why not, for `tandem healthcheck`.
+//! - [`timers`]: timers as data.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -13,11 +21,18 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 mod health;
-mod state;
+pub mod plan;
+mod stop;
+pub mod table;
+pub mod timers;
+pub mod verdict;
 
+use crate::process::Exit;
 use health::HealthState;
-pub use health::{Health, HealthSpec, LastProbe, OnUnhealthy, ProbeReport, Verdict};
-pub use state::{Phase, ServiceStatus};
+pub use health::{Health, HealthSpec, LastProbe, OnUnhealthy, Outcome, ProbeReport};
+use table::Input;
+pub use table::Phase;
+use timers::{Timer, Timers};
 
 /// A service's index in the plan; stable for the life of the supervisor.
 pub type Id = usize;
@@ -28,85 +43,79 @@ pub const EXIT_SERVICE_FAILED: i32 = 3;
 /// tandem's exit code when it could not start (bad input, initialisation failed).
 pub const EXIT_START_FAILED: i32 = 1;
 
-/// How a process ended, as `waitpid` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Exited on its own with this code.
-    Code(i32),
-    /// Killed by this signal number.
-    Signal(i32),
-}
-
-impl Exit {
-    /// The code a shell would report: the exit code, or 128+N for signal N.
-    pub fn shell_code(self) -> i32 {
-        match self {
-            Exit::Code(c) => c,
-            Exit::Signal(s) => 128 + s,
-        }
-    }
-
-    pub fn success(self) -> bool {
-        self == Exit::Code(0)
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exited with code {c}"),
-            Exit::Signal(s) => match Signal::try_from(*s) {
-                Ok(sig) => write!(f, "killed by {}", sig.as_str()),
-                Err(_) => write!(f, "killed by signal {s}"),
-            },
-        }
-    }
-}
-
 /// What a dependent waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Condition {
-    /// The process is running.
+    /// The process is running (an external service: being probed).
     Started,
-    /// The service reported ready (PostgreSQL: accepting connections), or is running and
-    /// has no readiness check.
+    /// The service is ready: reported so (PostgreSQL: accepting connections), its probe
+    /// passed, or it is running and has no readiness check.
     Healthy,
     /// A one-shot task exited 0.
     Completed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Runs until stopped.
-    Daemon,
-    /// Runs to completion; exit 0 is success.
-    Oneshot,
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Healthy => "healthy",
+            Condition::Completed => "completed",
+        }
+    }
 }
 
-/// What the supervisor needs to know about a service. Built by `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A process that runs until stopped.
+    Daemon,
+    /// A process that runs to completion; exit 0 is success.
+    Oneshot,
+    /// No process at all: something tandem does not run (a database in another container),
+    /// whose readiness and health are its probe's.
+    External,
+}
+
+/// How a service becomes ready, which is what dependents waiting for `healthy` wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// As soon as its process runs.
+    Started,
+    /// At its probe's first success.
+    Probe,
+    /// When the runtime reports [`Event::Ready`] (PostgreSQL: `postmaster.pid` says ready
+    /// and a round trip answers).
+    Reported,
+}
+
+/// What the supervisor knows about a service. Built by [`plan::Builder`].
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub name: String,
     pub kind: Kind,
+    pub readiness: Readiness,
     pub depends_on: Vec<(Id, Condition)>,
     /// Signals tried in turn when stopping, e.g. `[SIGTERM, SIGKILL]`, or PostgreSQL's
     /// `[SIGINT, SIGQUIT, SIGKILL]` (fast, immediate, kill).
     pub stop_ladder: Vec<Signal>,
     /// How long the first stop signal gets before the next one (bounded by the budget).
     pub stop_timeout: Duration,
-    /// How long each step between the first and the last gets.
+    /// How long each step between the first and the last gets; also each signal of a
+    /// set-up step's own ladder.
     pub step_timeout: Duration,
     /// The share of the total stop budget this service keeps for its own clean stop: the
     /// services that stop before it must be gone by `deadline - stop_reserve`.
     pub stop_reserve: Duration,
     /// The ladder step that an immediate stop (SIGQUIT to tandem) jumps to.
     pub immediate_step: usize,
+    /// Signals other than SIGKILL go to the main process only (PostgreSQL's postmaster
+    /// relays them to its backends itself), not to its whole process group.
+    pub signal_leader_only: bool,
     /// When this service exits, the container stops and exits with its code.
     pub main: bool,
-    /// Dependents waiting for `healthy` wait for [`Event::Ready`]; otherwise the service is
-    /// ready as soon as it has started.
-    pub needs_ready: bool,
+    /// Longest time from start to ready before the start counts as failed.
+    pub start_timeout: Option<Duration>,
     /// What it gets when tandem gets SIGHUP.
     pub reload_signal: Option<Signal>,
     /// Whether SIGUSR1, SIGUSR2 and SIGWINCH sent to tandem are passed on to it.
@@ -115,35 +124,106 @@ pub struct Spec {
     pub health: Option<HealthSpec>,
 }
 
+/// A step of a service's set-up that runs a process of its own (PostgreSQL's first start:
+/// initdb, the temporary server, an init script, psql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// For people: "initdb", "the temporary server", "init script 01-schema.sql".
+    pub name: String,
+    pub kind: StepKind,
+    /// How long it may take (a server: until it is ready).
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Runs to completion; stopped with SIGTERM to its process group, then SIGKILL.
+    Task,
+    /// Runs to completion, and what it makes is thrown away when it is stopped: SIGKILL to
+    /// its process group at once (initdb, which only acts on a signal at its next step, and
+    /// whose own probes ignore SIGINT).
+    Scratch,
+    /// Stays up across the steps after it until the set-up asks for it to be stopped
+    /// ([`Event::StepStopWanted`]); stopped with the service's own ladder.
+    Server,
+}
+
 /// Facts reported to the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The service's main process is running.
     Started { id: Id, pid: Pid },
-    /// The service passed its readiness check.
+    /// The service passed its readiness check ([`Readiness::Reported`]).
     Ready { id: Id },
-    /// The service could not be started; `code` is the exit code this deserves
-    /// (127 command not found, 126 not executable, 1 otherwise).
+    /// The service could not be started (or, asked to stop while starting, gave up): `code`
+    /// is the exit code this deserves (127 command not found, 126 not executable, 1
+    /// otherwise).
     StartFailed { id: Id, reason: String, code: i32 },
     /// The service's main process has exited.
     Exited { id: Id, exit: Exit },
+    /// A set-up step's process is running.
+    StepStarted { id: Id, step: Step, pid: Pid },
+    /// The set-up step that is a server is ready.
+    StepReady { id: Id },
+    /// The set-up is done with its server step: stop it (fast) and keep it within time.
+    StepStopWanted { id: Id },
+    /// A set-up step's process has exited.
+    StepExited { id: Id, pid: Pid, exit: Exit },
     /// tandem received a signal.
     Signal(Signal),
     /// A health probe asked for with [`Action::Probe`] finished.
     Probe { id: Id, report: ProbeReport },
 }
 
+/// Where a signal goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The process group led by this pid (every child tandem starts leads its own).
+    Group(Pid),
+    /// This process only.
+    Leader(Pid),
+}
+
 /// Commands for the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Start the service (spawn it, or initialise and spawn PostgreSQL).
+    /// Start the service (spawn it, or set up and spawn PostgreSQL).
     Start(Id),
-    /// Send a signal to the service (its process group, or the postmaster).
-    Signal { id: Id, signal: Signal },
+    /// Send a signal.
+    Signal { id: Id, signal: Signal, to: Target },
+    /// The service's set-up must not begin another step: a stop is under way.
+    CancelSetup(Id),
     /// Run the service's health probe and report with [`Event::Probe`].
     Probe(Id),
     /// Everything is stopped (or the budget is spent): exit with this code.
     Exit { code: i32 },
+}
+
+/// The container-wide settings of the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The total time from the first stop signal to exit (TANDEM_STOP_TIMEOUT).
+    pub budget: Duration,
+    pub stop_exit: StopExit,
+}
+
+impl Settings {
+    pub fn new(budget: Duration) -> Settings {
+        Settings {
+            budget,
+            stop_exit: StopExit::Clean,
+        }
+    }
+}
+
+/// tandem's exit code after a stop it was asked for (TANDEM_STOP_EXIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopExit {
+    /// 0 when the main service ended because of the stop signal tandem sent it (uvicorn
+    /// re-raises SIGTERM after a graceful shutdown), or never ran.
+    Clean,
+    /// The main service's own code, 128+N when a signal ended it.
+    App,
 }
 
 /// Why and since when the supervisor is stopping everything.
@@ -155,10 +235,36 @@ struct Shutdown {
     /// The exit code decided when the shutdown began, if any (failure, or the main
     /// service's own exit); otherwise the main service's exit decides.
     code: Option<i32>,
-    /// The signal that asked for the stop, for the exit code when no app ever ran.
+    /// The signal that asked for the stop.
     signal: Option<Signal>,
     /// SIGQUIT: stop everything at once, without waiting for dependents.
     immediate: bool,
+}
+
+/// A set-up step whose process is alive.
+#[derive(Debug, Clone)]
+struct LiveStep {
+    step: Step,
+    pid: Pid,
+    /// The set-up asked for it to be stopped (a server whose work is done).
+    stop_asked: bool,
+}
+
+/// A stop under way: which process of the service the ladder is working on, and where.
+#[derive(Debug, Clone)]
+struct Stopping {
+    began: Instant,
+    /// The latest instant this service may still be stopping at, so that the services it
+    /// depends on keep their reserve.
+    window_end: Instant,
+    /// The process the ladder is at (a set-up step's, innermost first, then the main one);
+    /// `None` while there is none (a start still under way).
+    target: Option<Pid>,
+    /// How that process is stopped, and the index of the last signal sent.
+    ladder: stop::Ladder,
+    step: usize,
+    /// The signals sent to the main process, to tell a clean stop from a kill.
+    sent_to_main: Vec<Signal>,
 }
 
 /// Per-service bookkeeping.
@@ -167,18 +273,14 @@ struct Svc {
     spec: Spec,
     phase: Phase,
     pid: Option<Pid>,
-    ready: bool,
+    /// Set-up steps running, outermost first.
+    steps: Vec<LiveStep>,
     /// When the Start action was issued: the base of "ready after N ms".
     start_requested: Option<Instant>,
     started_at: Option<Instant>,
-    /// Current index in `stop_ladder` while stopping.
-    stop_step: usize,
-    stop_began: Option<Instant>,
-    /// When to move to the next ladder step.
-    escalate_at: Option<Instant>,
-    /// The latest instant this service may still be stopping at, so the services it depends
-    /// on keep their reserve.
-    stop_window_end: Option<Instant>,
+    stop: Option<Stopping>,
+    /// How the last stop went, kept after the service is done.
+    last_stop: Option<Stopping>,
     exit: Option<Exit>,
     /// Could not start, or failed for good.
     failed: bool,
@@ -191,30 +293,51 @@ struct Svc {
 
 pub struct Supervisor {
     svcs: Vec<Svc>,
-    /// The total time from the first stop signal to exit (TANDEM_STOP_TIMEOUT).
-    budget: Duration,
+    settings: Settings,
     /// Time kept after the last step of a ladder for the process to die and be reaped.
     final_grace: Duration,
     shutdown: Option<Shutdown>,
+    timers: Timers,
     actions: VecDeque<Action>,
     exited: bool,
 }
 
+/// One service as the supervisor sees it, for `tandem status` and the verdict.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub kind: Kind,
+    pub phase: Phase,
+    pub pid: Option<i32>,
+    pub uptime: Option<Duration>,
+    /// How it ended.
+    pub exit: Option<Exit>,
+    pub failed: bool,
+    /// The set-up step it is in, while starting.
+    pub step: Option<String>,
+    /// `None` for a service without a probe.
+    pub health: Option<Health>,
+    /// Consecutive probe failures that counted.
+    pub failures: u32,
+    pub restarts: u32,
+    pub last_probe: Option<LastProbe>,
+    /// The probe's kind ("http"), when it has one.
+    pub probe_kind: Option<&'static str>,
+}
+
 impl Supervisor {
-    pub fn new(specs: Vec<Spec>, budget: Duration) -> Self {
+    pub fn new(specs: Vec<Spec>, settings: Settings) -> Self {
         let svcs = specs
             .into_iter()
             .map(|spec| Svc {
                 spec,
                 phase: Phase::Waiting,
                 pid: None,
-                ready: false,
+                steps: Vec::new(),
                 start_requested: None,
                 started_at: None,
-                stop_step: 0,
-                stop_began: None,
-                escalate_at: None,
-                stop_window_end: None,
+                stop: None,
+                last_stop: None,
                 exit: None,
                 failed: false,
                 health: HealthState::default(),
@@ -224,9 +347,10 @@ impl Supervisor {
             .collect();
         Supervisor {
             svcs,
-            budget,
-            final_grace: (budget / 10).min(Duration::from_millis(500)),
+            final_grace: (settings.budget / 10).min(Duration::from_millis(500)),
+            settings,
             shutdown: None,
+            timers: Timers::default(),
             actions: VecDeque::new(),
             exited: false,
         }
@@ -247,10 +371,7 @@ impl Supervisor {
         if self.exited {
             return None;
         }
-        let escalations = self.svcs.iter().filter_map(|s| s.escalate_at);
-        let probes = self.svcs.iter().filter_map(|s| s.health.due);
-        let budget_end = self.shutdown.as_ref().map(|s| s.deadline);
-        escalations.chain(probes).chain(budget_end).min()
+        self.timers.next()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -261,7 +382,7 @@ impl Supervisor {
         &self.svcs[id].spec.name
     }
 
-    /// A read-only view of every service, for `tandem status`.
+    /// A read-only view of every service.
     pub fn status(&self, now: Instant) -> Vec<ServiceStatus> {
         self.svcs.iter().map(|s| s.status(now)).collect()
     }
@@ -271,327 +392,49 @@ impl Supervisor {
             return;
         }
         match event {
-            Event::Started { id, pid } => self.on_started(id, pid, now),
-            Event::Ready { id } => self.on_ready(id, now),
-            Event::StartFailed { id, reason, code } => self.on_start_failed(id, reason, code, now),
-            Event::Exited { id, exit } => self.on_exited(id, exit, now),
+            Event::Started { id, pid } => self.apply(id, Input::Spawned(pid), now),
+            Event::Ready { id } => self.apply(id, Input::Ready, now),
+            Event::StartFailed { id, reason, code } => {
+                self.apply(id, Input::StartFailed { reason, code }, now)
+            }
+            Event::Exited { id, exit } => self.apply(id, Input::Exited(exit), now),
+            Event::StepStarted { id, step, pid } => {
+                self.apply(id, Input::StepStarted(step, pid), now)
+            }
+            Event::StepReady { id } => self.on_step_ready(id),
+            Event::StepStopWanted { id } => self.on_step_stop_wanted(id, now),
+            Event::StepExited { id, pid, .. } => self.apply(id, Input::StepExited(pid), now),
             Event::Signal(sig) => self.on_signal(sig, now),
             Event::Probe { id, report } => self.on_probe(id, report, now),
         }
         self.advance(now);
+        // What became due with this event (a first probe "now") is done now too.
+        if self.timers.next().is_some_and(|t| t <= now) {
+            self.handle_timeout(now);
+        }
     }
 
-    /// Fires every escalation due at `now`, and exits if the budget is spent.
+    /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.exited {
             return;
         }
-        for id in 0..self.svcs.len() {
-            if self.svcs[id].escalate_at.is_some_and(|t| t <= now) {
-                self.escalate(id, now, "it did not stop in time");
-            }
-        }
-        self.issue_due_probes(now);
-        if let Some(sd) = &self.shutdown {
-            if sd.deadline <= now {
-                let left: Vec<&str> = self
-                    .svcs
-                    .iter()
-                    .filter(|s| s.phase != Phase::Done)
-                    .map(|s| s.spec.name.as_str())
-                    .collect();
-                tracing::error!(
-                    "stop budget of {} ms spent; exiting with {} still running",
-                    self.budget.as_millis(),
-                    left.join(", ")
-                );
-                self.exit_now(now);
+        for timer in self.timers.take_due(now) {
+            if self.exited {
                 return;
             }
+            self.fire(timer, now);
         }
         self.advance(now);
     }
 
-    fn on_started(&mut self, id: Id, pid: Pid, now: Instant) {
-        let svc = &mut self.svcs[id];
-        svc.pid = Some(pid);
-        svc.started_at = Some(now);
-        match svc.phase {
-            Phase::Starting => {
-                svc.phase = Phase::Running;
-                tracing::info!(pid = pid.as_raw(), "{} started", svc.spec.name);
-                if svc.spec.health.is_some() {
-                    // Its probe decides when it is ready, unless a readiness check does.
-                    if !svc.spec.needs_ready {
-                        svc.health.due = Some(now);
-                    }
-                } else if !svc.spec.needs_ready {
-                    svc.ready = true;
-                }
-            }
-            // A stop was asked for while it was still being set up: pass it on now that
-            // there is a process to receive it.
-            Phase::Stopping => {
-                let signal = svc.spec.stop_ladder[svc.stop_step];
-                self.actions.push_back(Action::Signal { id, signal });
-            }
-            _ => {}
+    fn fire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Escalate(id) => self.apply(id, Input::Escalate("it did not stop in time"), now),
+            Timer::Probe(id) => self.issue_probe(id),
+            Timer::StartDeadline(id) => self.apply(id, Input::Deadline, now),
+            Timer::Budget => self.budget_spent(now),
         }
-    }
-
-    fn on_ready(&mut self, id: Id, now: Instant) {
-        let svc = &mut self.svcs[id];
-        if svc.phase != Phase::Running || svc.ready {
-            return;
-        }
-        svc.ready = true;
-        let ms = svc
-            .start_requested
-            .map(|t| now.saturating_duration_since(t).as_millis())
-            .unwrap_or(0);
-        tracing::info!("{} is ready after {ms} ms", svc.spec.name);
-        if svc.spec.health.is_some() && svc.health.due.is_none() {
-            svc.health.due = Some(now);
-        }
-    }
-
-    fn on_start_failed(&mut self, id: Id, reason: String, code: i32, now: Instant) {
-        let svc = &mut self.svcs[id];
-        svc.phase = Phase::Done;
-        svc.failed = true;
-        svc.escalate_at = None;
-        if self.shutdown.is_some() {
-            tracing::info!("{} did not finish starting: {reason}", svc.spec.name);
-        } else {
-            tracing::error!("{reason}");
-            self.begin_shutdown(now, Some(code), None);
-        }
-    }
-
-    fn on_exited(&mut self, id: Id, exit: Exit, now: Instant) {
-        let svc = &mut self.svcs[id];
-        svc.exit = Some(exit);
-        svc.phase = Phase::Done;
-        svc.pid = None;
-        svc.escalate_at = None;
-        svc.health = HealthState::default();
-        if svc.restarting && self.shutdown.is_none() {
-            svc.restarting = false;
-            svc.restarts += 1;
-            svc.phase = Phase::Waiting;
-            svc.ready = false;
-            svc.stop_began = None;
-            svc.exit = None;
-            tracing::info!(
-                "{} {exit}; starting it again (restart {})",
-                svc.spec.name,
-                svc.restarts
-            );
-            return;
-        }
-        if let Some(began) = svc.stop_began {
-            let ms = now.saturating_duration_since(began).as_millis();
-            tracing::info!("{} {exit} after stopping for {ms} ms", svc.spec.name);
-            return;
-        }
-        if self.shutdown.is_some() {
-            tracing::info!("{} {exit}", svc.spec.name);
-            return;
-        }
-        // Restart policies slot in here: this is the one place that decides what an
-        // unexpected exit means.
-        let name = svc.spec.name.clone();
-        if svc.spec.kind == Kind::Oneshot && exit.success() {
-            tracing::info!("{name} completed");
-        } else if svc.spec.needs_ready && !svc.ready {
-            // It never came up: a start failure (bad configuration, say), not a crash.
-            svc.failed = true;
-            tracing::error!("{name} {exit} before it was ready (its log above says why)");
-            self.begin_shutdown(now, Some(EXIT_START_FAILED), None);
-        } else if svc.spec.main {
-            tracing::info!("{name} {exit}; stopping the other services");
-            self.begin_shutdown(now, Some(exit.shell_code()), None);
-        } else {
-            svc.failed = true;
-            tracing::error!("{name} {exit} unexpectedly; stopping the container");
-            self.begin_shutdown(now, Some(EXIT_SERVICE_FAILED), None);
-        }
-    }
-
-    fn on_signal(&mut self, sig: Signal, now: Instant) {
-        match sig {
-            Signal::SIGTERM | Signal::SIGINT => {
-                if self.shutdown.is_none() {
-                    tracing::info!("received {}; stopping", sig.as_str());
-                    self.begin_shutdown(now, None, Some(sig));
-                } else {
-                    tracing::info!(
-                        "received {} again; skipping to the next stop signal",
-                        sig.as_str()
-                    );
-                    self.hurry(now);
-                }
-            }
-            Signal::SIGQUIT => {
-                tracing::info!("received SIGQUIT; stopping everything at once");
-                if self.shutdown.is_none() {
-                    self.begin_shutdown(now, None, Some(sig));
-                }
-                self.stop_immediately(now);
-            }
-            Signal::SIGHUP => {
-                for id in 0..self.svcs.len() {
-                    let svc = &self.svcs[id];
-                    if let (Some(signal), true) = (svc.spec.reload_signal, svc.is_alive()) {
-                        tracing::info!("reload: sending {} to {}", signal.as_str(), svc.spec.name);
-                        self.actions.push_back(Action::Signal { id, signal });
-                    }
-                }
-            }
-            Signal::SIGUSR1 | Signal::SIGUSR2 | Signal::SIGWINCH => {
-                for id in 0..self.svcs.len() {
-                    let svc = &self.svcs[id];
-                    if svc.spec.forward_signals && svc.pid.is_some() && svc.is_alive() {
-                        self.actions.push_back(Action::Signal { id, signal: sig });
-                    }
-                }
-            }
-            other => tracing::debug!("ignoring {}", other.as_str()),
-        }
-    }
-
-    fn begin_shutdown(&mut self, now: Instant, code: Option<i32>, signal: Option<Signal>) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        let deadline = now + self.budget;
-        self.shutdown = Some(Shutdown {
-            started: now,
-            deadline,
-            code,
-            signal,
-            immediate: false,
-        });
-        // A service being restarted is already stopping: it stays stopped, and its stop now
-        // has to fit in the budget like everyone else's.
-        for id in 0..self.svcs.len() {
-            self.svcs[id].health.due = None;
-            if self.svcs[id].restarting {
-                let reserve = self.reserve_after(id);
-                let end = deadline
-                    .checked_sub(reserve + self.final_grace)
-                    .unwrap_or(now)
-                    .max(now);
-                let svc = &mut self.svcs[id];
-                svc.restarting = false;
-                svc.stop_window_end = svc.stop_window_end.map(|w| w.min(end));
-                svc.escalate_at = svc.escalate_at.map(|t| t.min(end));
-            }
-        }
-    }
-
-    /// A second stop request: every service that is stopping moves to its next signal now.
-    fn hurry(&mut self, now: Instant) {
-        for id in 0..self.svcs.len() {
-            if self.svcs[id].phase == Phase::Stopping {
-                self.escalate(id, now, "asked to stop again");
-            }
-        }
-    }
-
-    fn stop_immediately(&mut self, now: Instant) {
-        if let Some(sd) = &mut self.shutdown {
-            sd.immediate = true;
-        }
-        for id in 0..self.svcs.len() {
-            let svc = &self.svcs[id];
-            if !svc.is_alive() {
-                continue;
-            }
-            let step = svc.spec.immediate_step.min(svc.spec.stop_ladder.len() - 1);
-            if svc.phase == Phase::Stopping && svc.stop_step >= step {
-                continue;
-            }
-            self.begin_stop(id, now);
-            self.set_step(id, step, now);
-        }
-    }
-
-    /// Moves a stopping service to the next signal of its ladder; `why` ends the log line.
-    fn escalate(&mut self, id: Id, now: Instant, why: &str) {
-        let svc = &self.svcs[id];
-        let next = svc.stop_step + 1;
-        if next < svc.spec.stop_ladder.len() {
-            let signal = svc.spec.stop_ladder[next];
-            tracing::info!("sending {} to {} ({why})", signal.as_str(), svc.spec.name);
-            self.set_step(id, next, now);
-        } else {
-            self.svcs[id].escalate_at = None;
-        }
-    }
-
-    fn set_step(&mut self, id: Id, step: usize, now: Instant) {
-        let svc = &mut self.svcs[id];
-        let last = svc.spec.stop_ladder.len() - 1;
-        let window_end = svc.stop_window_end.unwrap_or(now).max(now);
-        svc.stop_step = step;
-        let signal = svc.spec.stop_ladder[step];
-        svc.escalate_at = if step == last {
-            None
-        } else if step == 0 {
-            // The first signal gets its timeout, but leaves room for the steps after it.
-            let later = svc.spec.step_timeout * (last as u32).saturating_sub(1);
-            let room = window_end.checked_sub(later).unwrap_or(now).max(now);
-            Some((now + svc.spec.stop_timeout).min(room))
-        } else {
-            Some((now + svc.spec.step_timeout).min(window_end))
-        };
-        if svc.pid.is_some() || svc.phase == Phase::Starting || svc.phase == Phase::Stopping {
-            self.actions.push_back(Action::Signal { id, signal });
-        }
-    }
-
-    /// Puts a live service into the stopping phase and computes its stop window.
-    fn begin_stop(&mut self, id: Id, now: Instant) {
-        let Some(sd) = &self.shutdown else { return };
-        let reserve = self.reserve_after(id);
-        let window_end = sd
-            .deadline
-            .checked_sub(reserve + self.final_grace)
-            .unwrap_or(now)
-            .max(now);
-        let svc = &mut self.svcs[id];
-        if svc.phase == Phase::Stopping {
-            return;
-        }
-        svc.phase = Phase::Stopping;
-        svc.stop_began = Some(now);
-        svc.stop_window_end = Some(window_end);
-        tracing::info!(
-            "stopping {} ({})",
-            svc.spec.name,
-            svc.spec.stop_ladder[0].as_str()
-        );
-    }
-
-    /// The time the services `id` depends on (directly or not), still alive, keep for
-    /// their own clean stop after `id` is gone.
-    fn reserve_after(&self, id: Id) -> Duration {
-        let mut seen = vec![false; self.svcs.len()];
-        let mut stack = vec![id];
-        let mut total = Duration::ZERO;
-        while let Some(i) = stack.pop() {
-            for &(dep, _) in &self.svcs[i].spec.depends_on {
-                if !seen[dep] {
-                    seen[dep] = true;
-                    if self.svcs[dep].is_alive() {
-                        total += self.svcs[dep].spec.stop_reserve;
-                    }
-                    stack.push(dep);
-                }
-            }
-        }
-        total
     }
 
     /// Moves everything forward that can move: starts services whose dependencies hold,
@@ -603,20 +446,16 @@ impl Supervisor {
         }
         if self.shutdown.is_none() {
             self.start_ready_services(now);
-            self.issue_due_probes(now);
         }
         if let Some(sd) = &self.shutdown {
             let immediate = sd.immediate;
             for id in 0..self.svcs.len() {
-                match self.svcs[id].phase {
-                    Phase::Waiting => self.svcs[id].phase = Phase::Done,
-                    Phase::Starting | Phase::Running
-                        if immediate || !self.has_live_dependents(id) =>
-                    {
-                        self.begin_stop(id, now);
-                        self.set_step(id, 0, now);
-                    }
-                    _ => {}
+                let live = matches!(
+                    self.svcs[id].phase,
+                    Phase::Waiting | Phase::Starting | Phase::Running | Phase::Ready
+                );
+                if live && (immediate || !self.has_live_dependents(id)) {
+                    self.apply(id, Input::Stop, now);
                 }
             }
             if self.svcs.iter().all(|s| s.phase == Phase::Done) {
@@ -627,10 +466,11 @@ impl Supervisor {
 
     fn start_ready_services(&mut self, now: Instant) {
         for id in 0..self.svcs.len() {
-            if self.svcs[id].phase != Phase::Waiting {
+            if self.svcs[id].phase != Phase::Waiting || self.shutdown.is_some() {
                 continue;
             }
             let mut all_met = true;
+            let mut blocked = None;
             for &(dep, cond) in &self.svcs[id].spec.depends_on {
                 let d = &self.svcs[dep];
                 if d.satisfies(cond) {
@@ -642,21 +482,19 @@ impl Supervisor {
                         Some(e) => format!("{} {e}", d.spec.name),
                         None => format!("{} did not start", d.spec.name),
                     };
-                    tracing::error!(
-                        "{} can never start: it needs {} {:?} but {why}",
+                    blocked = Some(format!(
+                        "{} can never start: it needs {} {} but {why}",
                         self.svcs[id].spec.name,
                         d.spec.name,
-                        cond
-                    );
-                    self.begin_shutdown(now, Some(EXIT_SERVICE_FAILED), None);
-                    return;
+                        cond.as_str()
+                    ));
+                    break;
                 }
             }
-            if all_met {
-                let svc = &mut self.svcs[id];
-                svc.phase = Phase::Starting;
-                svc.start_requested = Some(now);
-                self.actions.push_back(Action::Start(id));
+            if let Some(why) = blocked {
+                self.apply(id, Input::Blocked(why), now);
+            } else if all_met {
+                self.apply(id, Input::Start, now);
             }
         }
     }
@@ -666,33 +504,54 @@ impl Supervisor {
             .iter()
             .any(|s| s.is_alive() && s.spec.depends_on.iter().any(|&(d, _)| d == id))
     }
+}
 
-    fn exit_now(&mut self, now: Instant) {
-        if self.exited {
-            return;
-        }
-        self.exited = true;
-        let code = self.exit_code();
-        if let Some(sd) = &self.shutdown {
-            let ms = now.saturating_duration_since(sd.started).as_millis();
-            tracing::info!("stopped after {ms} ms; exiting with code {code}");
-        }
-        self.actions.push_back(Action::Exit { code });
+impl Svc {
+    /// Started (or being started) and not yet gone.
+    fn is_alive(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Starting | Phase::Running | Phase::Ready | Phase::Stopping
+        )
     }
 
-    /// The decided code, else the main service's, else 128+signal when a signal stopped
-    /// a container whose app never ran, else 0.
-    fn exit_code(&self) -> i32 {
-        let sd = self.shutdown.as_ref();
-        if let Some(code) = sd.and_then(|s| s.code) {
-            return code;
+    fn completed(&self) -> bool {
+        self.spec.kind == Kind::Oneshot
+            && self.phase == Phase::Done
+            && self.exit.is_some_and(|e| e.success())
+    }
+
+    fn satisfies(&self, cond: Condition) -> bool {
+        match cond {
+            Condition::Started => {
+                matches!(self.phase, Phase::Running | Phase::Ready) || self.completed()
+            }
+            Condition::Healthy => self.phase == Phase::Ready || self.completed(),
+            Condition::Completed => self.completed(),
         }
-        if let Some(exit) = self.svcs.iter().find(|s| s.spec.main).and_then(|s| s.exit) {
-            return exit.shell_code();
-        }
-        match sd.and_then(|s| s.signal) {
-            Some(sig) if self.svcs.iter().any(|s| s.spec.main) => 128 + sig as i32,
-            _ => 0,
+    }
+
+    fn status(&self, now: Instant) -> ServiceStatus {
+        let uptime = match (self.phase, self.started_at) {
+            (Phase::Running | Phase::Ready | Phase::Stopping, Some(t)) => {
+                Some(now.saturating_duration_since(t))
+            }
+            _ => None,
+        };
+        ServiceStatus {
+            name: self.spec.name.clone(),
+            kind: self.spec.kind,
+            phase: self.phase,
+            pid: self.pid.map(|p| p.as_raw()),
+            uptime,
+            exit: self.exit,
+            failed: self.failed,
+            step: self.steps.last().map(|s| s.step.name.clone()),
+            health: self.health.health,
+            failures: self.health.failures,
+            restarts: self.restarts,
+            last_probe: self.health.last.clone(),
+            probe_kind: self.spec.health.as_ref().map(|h| h.probe_kind),
         }
     }
 }

@@ -2,45 +2,32 @@
 //! every assertion names the exact instant an action happened.
 
 use super::*;
+use crate::process::Exit;
 
 const PG: Id = 0;
 const APP: Id = 1;
 const MS: Duration = Duration::from_millis(1);
+const B9: Duration = Duration::from_secs(9);
 
-fn pg_spec(budget: Duration) -> Spec {
-    Spec {
-        name: "postgres".into(),
-        kind: Kind::Daemon,
-        depends_on: vec![],
-        stop_ladder: vec![Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL],
-        stop_timeout: budget,
-        step_timeout: Duration::from_millis(750),
-        stop_reserve: Duration::from_secs(3),
-        immediate_step: 1,
-        main: false,
-        needs_ready: true,
-        reload_signal: Some(Signal::SIGHUP),
-        forward_signals: false,
-        health: None,
-    }
+use plan::{Builder, ServiceDef};
+
+/// PostgreSQL and the app as the zero-config mode builds them.
+fn pair_defs() -> Vec<ServiceDef> {
+    vec![
+        ServiceDef::database("postgres"),
+        ServiceDef::daemon("app")
+            .main(true)
+            .forward_signals(true)
+            .after("postgres", Condition::Healthy),
+    ]
 }
 
-fn app_spec(budget: Duration) -> Spec {
-    Spec {
-        name: "app".into(),
-        kind: Kind::Daemon,
-        depends_on: vec![(PG, Condition::Healthy)],
-        stop_ladder: vec![Signal::SIGTERM, Signal::SIGKILL],
-        stop_timeout: budget,
-        step_timeout: Duration::ZERO,
-        stop_reserve: Duration::ZERO,
-        immediate_step: 1,
-        main: true,
-        needs_ready: false,
-        reload_signal: None,
-        forward_signals: true,
-        health: None,
+fn build(budget: Duration, defs: Vec<ServiceDef>) -> Vec<Spec> {
+    let mut b = Builder::new(budget);
+    for d in defs {
+        b.add(d);
     }
+    b.build().unwrap()
 }
 
 /// A supervisor, a fake clock starting at `t0`, and every action with when it came.
@@ -53,9 +40,13 @@ struct Harness {
 
 impl Harness {
     fn new(specs: Vec<Spec>, budget: Duration) -> Self {
+        Self::with(specs, Settings::new(budget))
+    }
+
+    fn with(specs: Vec<Spec>, settings: Settings) -> Self {
         let t0 = Instant::now();
         let mut h = Harness {
-            sup: Supervisor::new(specs, budget),
+            sup: Supervisor::new(specs, settings),
             t0,
             now: t0,
             log: vec![],
@@ -66,8 +57,7 @@ impl Harness {
     }
 
     fn pair() -> Self {
-        let b = Duration::from_secs(9);
-        Self::new(vec![pg_spec(b), app_spec(b)], b)
+        Self::new(build(B9, pair_defs()), B9)
     }
 
     fn drain(&mut self) {
@@ -123,8 +113,8 @@ impl Harness {
     }
 
     /// A probe result for `id` arriving `ms` after the start.
-    fn probe_at(&mut self, ms: u64, id: Id, verdict: Verdict, detail: &str) {
-        let report = probe(verdict, detail);
+    fn probe_at(&mut self, ms: u64, id: Id, outcome: Outcome) {
+        let report = probe(outcome);
         self.at(Duration::from_millis(ms), Event::Probe { id, report });
     }
 
@@ -144,8 +134,15 @@ impl Harness {
     }
 }
 
+/// A signal to one of the pair, where it goes: PostgreSQL's postmaster (pid 10) alone but
+/// for SIGKILL, the app's (pid 20) whole group.
 fn sig(id: Id, signal: Signal) -> Action {
-    Action::Signal { id, signal }
+    let to = match id {
+        PG if signal != Signal::SIGKILL => Target::Leader(Pid::from_raw(10)),
+        PG => Target::Group(Pid::from_raw(10)),
+        _ => Target::Group(Pid::from_raw(20)),
+    };
+    Action::Signal { id, signal, to }
 }
 
 #[test]
@@ -387,10 +384,10 @@ fn app_that_cannot_be_executed_exits_127_after_postgres_stops() {
 }
 
 #[test]
-fn sigterm_during_postgres_initialisation_reaches_it_and_exits_143() {
+fn sigterm_while_postgres_sets_up_cancels_the_setup_and_exits_0() {
     let mut h = Harness::pair();
     h.at(300 * MS, Event::Signal(Signal::SIGTERM));
-    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(300 * MS));
+    assert_eq!(h.when(&Action::CancelSetup(PG)), Some(300 * MS));
     h.at(
         350 * MS,
         Event::StartFailed {
@@ -399,7 +396,7 @@ fn sigterm_during_postgres_initialisation_reaches_it_and_exits_143() {
             code: 1,
         },
     );
-    assert_eq!(h.exit_code(), Some(143));
+    assert_eq!(h.exit_code(), Some(0), "a clean stop: nothing failed");
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
 
@@ -407,6 +404,10 @@ fn sigterm_during_postgres_initialisation_reaches_it_and_exits_143() {
 fn postgres_started_after_the_stop_began_gets_the_stop_signal() {
     let mut h = Harness::pair();
     h.at(300 * MS, Event::Signal(Signal::SIGTERM));
+    assert!(
+        !h.actions().contains(&sig(PG, Signal::SIGINT)),
+        "no process yet"
+    );
     h.at(
         900 * MS,
         Event::Started {
@@ -414,17 +415,7 @@ fn postgres_started_after_the_stop_began_gets_the_stop_signal() {
             pid: Pid::from_raw(10),
         },
     );
-    let ints: Vec<_> = h
-        .log
-        .iter()
-        .filter(|(_, a)| *a == sig(PG, Signal::SIGINT))
-        .collect();
-    assert_eq!(
-        ints.len(),
-        2,
-        "once to the set-up, once to the server: {:?}",
-        h.log
-    );
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(900 * MS));
 }
 
 #[test]
@@ -438,10 +429,9 @@ fn sighup_reloads_postgres_and_only_apps_that_asked_for_it() {
         .iter()
         .any(|a| matches!(a, Action::Signal { id: APP, .. })));
 
-    let b = Duration::from_secs(9);
-    let mut app = app_spec(b);
-    app.reload_signal = Some(Signal::SIGUSR1);
-    let mut h = Harness::new(vec![pg_spec(b), app], b);
+    let mut defs = pair_defs();
+    defs[1] = defs[1].clone().reload(Some(Signal::SIGUSR1));
+    let mut h = Harness::new(build(B9, defs), B9);
     h.up();
     h.at(1000 * MS, Event::Signal(Signal::SIGHUP));
     assert_eq!(h.when(&sig(APP, Signal::SIGUSR1)), Some(1000 * MS));
@@ -468,14 +458,11 @@ fn user_signals_are_forwarded_to_the_app_only() {
 
 #[test]
 fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
-    let b = Duration::from_secs(9);
-    let mut migrate = app_spec(b);
-    migrate.name = "migrate".into();
-    migrate.kind = Kind::Oneshot;
-    migrate.main = false;
-    let mut app = app_spec(b);
-    app.depends_on = vec![(PG, Condition::Healthy), (2, Condition::Completed)];
-    let specs = vec![pg_spec(b), app.clone(), migrate.clone()];
+    let b = B9;
+    let mut defs = pair_defs();
+    defs[1] = defs[1].clone().after("migrate", Condition::Completed);
+    defs.push(ServiceDef::oneshot("migrate").after("postgres", Condition::Healthy));
+    let specs = build(b, defs);
 
     let mut h = Harness::new(specs.clone(), b);
     h.at(
@@ -542,10 +529,7 @@ fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
 #[test]
 fn short_budget_still_leaves_postgres_its_fast_shutdown() {
     let b = Duration::from_secs(3);
-    let mut pg = pg_spec(b);
-    pg.stop_reserve = Duration::from_secs(1);
-    pg.step_timeout = Duration::from_millis(250);
-    let mut h = Harness::new(vec![pg, app_spec(b)], b);
+    let mut h = Harness::new(build(b, pair_defs()), b);
     h.up();
     h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
     h.run_until(h.t0 + 2700 * MS);
@@ -569,31 +553,38 @@ fn status_reports_phases() {
     let mut h = Harness::pair();
     h.up();
     let st = h.sup.status(h.t0 + 1000 * MS);
-    assert_eq!(st[PG].phase, Phase::Running);
-    assert!(st[PG].ready);
+    assert_eq!(st[PG].phase, Phase::Ready);
+    assert_eq!(st[APP].phase, Phase::Ready, "no probe: ready when started");
     assert_eq!(st[APP].pid, Some(20));
-    assert_eq!(st[APP].uptime_ms, Some(599));
+    assert_eq!(st[APP].uptime, Some(599 * MS));
 }
 
-fn probe(verdict: Verdict, detail: &str) -> ProbeReport {
+fn probe(outcome: Outcome) -> ProbeReport {
     ProbeReport {
-        verdict,
-        detail: detail.into(),
+        outcome,
         latency: MS,
     }
 }
 
-fn with_app_probe(on_unhealthy: OnUnhealthy) -> Harness {
-    let b = Duration::from_secs(9);
-    let mut app = app_spec(b);
-    app.health = Some(HealthSpec {
+fn fail(detail: &str) -> Outcome {
+    Outcome::Fail(detail.into())
+}
+
+fn http_health(on_unhealthy: OnUnhealthy) -> HealthSpec {
+    HealthSpec {
+        probe_kind: "http",
         interval: Duration::from_secs(5),
         timeout: Duration::from_secs(2),
         retries: 3,
         start_period: Duration::from_secs(2),
         on_unhealthy,
-    });
-    Harness::new(vec![pg_spec(b), app], b)
+    }
+}
+
+fn with_app_probe(on_unhealthy: OnUnhealthy) -> Harness {
+    let mut defs = pair_defs();
+    defs[1] = defs[1].clone().health(Some(http_health(on_unhealthy)));
+    Harness::new(build(B9, defs), B9)
 }
 
 fn probes_at(h: &Harness, id: Id) -> Vec<Duration> {
@@ -610,17 +601,17 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
     h.up();
     assert_eq!(probes_at(&h, APP), vec![401 * MS], "first probe at start");
     // Failures inside the start period do not count; the cadence is fast until healthy.
-    h.probe_at(402, APP, Verdict::Fail, "connection refused");
+    h.probe_at(402, APP, fail("connection refused"));
     h.run_until(h.t0 + 652 * MS);
     assert_eq!(probes_at(&h, APP), vec![401 * MS, 652 * MS]);
-    h.probe_at(660, APP, Verdict::Ok, "ok");
+    h.probe_at(660, APP, Outcome::Ok);
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
     // Healthy: the next probe comes an interval later.
     h.run_until(h.t0 + 5660 * MS);
     assert_eq!(probes_at(&h, APP).last(), Some(&(5660 * MS)));
     for (i, t) in [5661u64, 10_661, 15_661].into_iter().enumerate() {
         h.run_until(h.t0 + Duration::from_millis(t - 1));
-        h.probe_at(t, APP, Verdict::Fail, "http 503");
+        h.probe_at(t, APP, fail("http 503"));
         assert_eq!(h.sup.health(APP).1, i as u32 + 1);
     }
     assert_eq!(h.sup.health(APP).0, Some(Health::Unhealthy));
@@ -652,15 +643,15 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
 fn unhealthy_with_report_policy_only_reports() {
     let mut h = with_app_probe(OnUnhealthy::Report);
     h.up();
-    h.probe_at(3000, APP, Verdict::Fail, "http 503");
-    h.probe_at(3001, APP, Verdict::Fail, "http 503");
-    h.probe_at(3002, APP, Verdict::Fail, "http 503");
+    h.probe_at(3000, APP, fail("http 503"));
+    h.probe_at(3001, APP, fail("http 503"));
+    h.probe_at(3002, APP, fail("http 503"));
     assert_eq!(h.sup.health(APP), (Some(Health::Unhealthy), 3));
     assert!(!h
         .actions()
         .iter()
         .any(|a| matches!(a, Action::Signal { .. })));
-    h.probe_at(3003, APP, Verdict::Ok, "ok");
+    h.probe_at(3003, APP, Outcome::Ok);
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
 }
 
@@ -669,7 +660,7 @@ fn starting_answers_never_count_as_failures() {
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     for t in 3000..3010 {
-        h.probe_at(t, APP, Verdict::Starting, "starting up");
+        h.probe_at(t, APP, Outcome::Starting("starting up".into()));
     }
     assert_eq!(h.sup.health(APP), (Some(Health::Starting), 0));
 }
@@ -679,7 +670,7 @@ fn a_restart_cut_short_by_sigterm_stays_stopped_within_the_budget() {
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     for t in 3000..3003 {
-        h.probe_at(t, APP, Verdict::Fail, "http 503");
+        h.probe_at(t, APP, fail("http 503"));
     }
     assert_eq!(h.when(&sig(APP, Signal::SIGTERM)), Some(3002 * MS));
     h.at(3100 * MS, Event::Signal(Signal::SIGTERM));

@@ -868,3 +868,217 @@ impl Db<'_> {
         })
     }
 }
+
+/// Whether this machine can run tandem as PID 1 with the embedded PostgreSQL: root (PostgreSQL
+/// runs as `postgres`, tandem chowns its directories), `unshare`, the `postgres` user and a
+/// PostgreSQL installation. If not, prints why and returns false so the test can return;
+/// with `CI` set it fails instead, because CI must run every test.
+pub fn can_run_postgres_as_pid1() -> bool {
+    let Some(why) = missing_for_postgres_as_pid1() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set, so this test may not be skipped: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+fn missing_for_postgres_as_pid1() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("the test does not run as root".into());
+    }
+    let unshare = Command::new("unshare")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !unshare.is_ok_and(|s| s.success()) {
+        return Some("`unshare` (util-linux) is not installed".into());
+    }
+    if !matches!(nix::unistd::User::from_name("postgres"), Ok(Some(_))) {
+        return Some("there is no `postgres` user".into());
+    }
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|e| e.path().join("bin/initdb").exists());
+    let pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !debian && !pg_config {
+        return Some(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb, no pg_config)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// A password no earlier run can have written anywhere: the test's tag, the test process and
+/// the time. [`SecretWatch`] relies on that.
+pub fn fresh_password(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("pw-{tag}-{}-{nanos}-do-not-store", std::process::id())
+}
+
+/// Finds the files that hold a password: everything under the sandbox (PGDATA included), and
+/// everything under what appeared directly in /tmp since the watch began (where a temporary
+/// password file goes). The password must be fresh ([`fresh_password`]): nothing older than
+/// the watch can hold it, which keeps the scan of a busy, shared /tmp small and leaves other
+/// people's files alone. Other tests' sandboxes are skipped: the tandem under test knows
+/// nothing of them. Devices, FIFOs and sockets are skipped, symbolic links not followed.
+///
+/// On drop, removes what it finds outside the sandbox (the sandbox goes with its
+/// [`Sandbox`]), so that a failing run leaves no password behind.
+pub struct SecretWatch {
+    secret: String,
+    sandbox: PathBuf,
+    since: std::time::SystemTime,
+}
+
+impl SecretWatch {
+    /// Starts watching; call before tandem starts.
+    pub fn new(sandbox: &Sandbox, secret: &str) -> SecretWatch {
+        assert!(secret.len() >= 16, "not a distinctive password: {secret:?}");
+        SecretWatch {
+            secret: secret.to_string(),
+            sandbox: sandbox.root.clone(),
+            // File times are coarser than the clock: a little slack.
+            since: std::time::SystemTime::now() - Duration::from_secs(2),
+        }
+    }
+
+    /// Files under the sandbox or new in /tmp that contain the password.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut roots = self.new_in_tmp();
+        roots.push(self.sandbox.clone());
+        self.grep(&roots)
+    }
+
+    /// [`SecretWatch::files`] without PGDATA (`pgdata` in the sandbox): cheap enough to poll
+    /// while initdb fills PGDATA. A password file cannot be in PGDATA then: initdb refuses a
+    /// directory that is not empty.
+    pub fn files_outside_pgdata(&self) -> Vec<PathBuf> {
+        let mut roots = self.new_in_tmp();
+        if let Ok(entries) = std::fs::read_dir(&self.sandbox) {
+            roots.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name() != "pgdata")
+                    .map(|e| e.path()),
+            );
+        }
+        self.grep(&roots)
+    }
+
+    /// Entries directly in /tmp made since the watch began, other than test sandboxes.
+    fn new_in_tmp(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir("/tmp") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with("tandem-test-"))
+            .filter(|e| {
+                e.metadata()
+                    .ok()
+                    .and_then(|m| m.created().or_else(|_| m.modified()).ok())
+                    .is_some_and(|t| t >= self.since)
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// `grep -r` (fixed string, names only) over `roots`. Files that vanish or cannot be read
+    /// while it runs are not errors: they hold nothing any more.
+    fn grep(&self, roots: &[PathBuf]) -> Vec<PathBuf> {
+        if roots.is_empty() {
+            return Vec::new();
+        }
+        let output = Command::new("grep")
+            .args(["-r", "-l", "-s", "-F", "--devices=skip", "-e"])
+            .arg(&self.secret)
+            .arg("--")
+            .args(roots)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .expect("cannot run grep");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect()
+    }
+}
+
+impl Drop for SecretWatch {
+    fn drop(&mut self) {
+        for file in self.grep(&self.new_in_tmp()) {
+            let _ = std::fs::remove_file(&file);
+            // The private directory around it, if that leaves it empty.
+            if let Some(dir) = file.parent().filter(|d| *d != Path::new("/tmp")) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+impl Tandem {
+    /// Waits for a line containing `needle`, then sends `signal` to tandem; returns when it
+    /// was sent (for timing the stop).
+    pub fn signal_at_line(&mut self, needle: &str, signal: Signal) -> Instant {
+        self.wait_for_line(needle, START_TIMEOUT);
+        let sent = Instant::now();
+        self.signal(signal);
+        sent
+    }
+
+    /// [`Mode::Pid1`]: SIGKILL to tandem as soon as a line containing `needle` arrives, then
+    /// waits until the namespace is gone (the kernel kills everything in a pid namespace
+    /// with its PID 1, so nothing of the run survives: a container killed by the OOM killer
+    /// or a power cut).
+    pub fn sigkill_at_line(&mut self, needle: &str) {
+        assert_eq!(self.mode, Mode::Pid1, "SIGKILL of PID 1 needs Mode::Pid1");
+        self.signal_at_line(needle, Signal::SIGKILL);
+        self.wait_exit(SHORT_TIMEOUT);
+    }
+
+    /// [`Mode::Wrapped`], after the exit: fails with the list if anything outlived tandem.
+    pub fn assert_no_leftovers(&self) {
+        assert!(
+            matches!(self.mode, Mode::Wrapped { .. }),
+            "leftovers are listed in Mode::Wrapped only"
+        );
+        assert!(self.status.is_some(), "tandem has not exited yet");
+        let leftovers = self.leftovers();
+        if !leftovers.is_empty() {
+            self.fail(&format!(
+                "still running after tandem exited: {leftovers:#?}"
+            ));
+        }
+    }
+
+    /// Fails unless a line containing each of `needles` arrived, each after the one before.
+    pub fn assert_in_order(&self, needles: &[&str]) {
+        let lines = self.log.lines();
+        let mut from = 0;
+        for needle in needles {
+            match lines[from..].iter().position(|(_, l)| l.contains(needle)) {
+                Some(i) => from += i + 1,
+                None if self.log.contains(needle) => self.fail(&format!(
+                    "{needle:?} came too early: expected in this order: {needles:#?}"
+                )),
+                None => self.fail(&format!("no line {needle:?}")),
+            }
+        }
+    }
+}

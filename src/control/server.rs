@@ -1,0 +1,215 @@
+//! The control socket's server: bound 0600, every connection bounded in time and size.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::wire::{
+    encode, parse_request, Ask, Request, Response, MAX_REQUEST, READ_TIMEOUT, WRITE_TIMEOUT,
+};
+
+/// Connections served at once. Only root (the socket is 0600) can connect, so this is a
+/// guard against a runaway script rather than an attacker; beyond it, new connections wait
+/// in the listen backlog until one finishes.
+const MAX_CONNECTIONS: usize = 32;
+
+/// The running server. Dropping it stops accepting and removes the socket file (unless
+/// another process has replaced it since).
+pub struct ServerGuard {
+    path: PathBuf,
+    /// The socket file's identity, so that we never remove someone else's.
+    id: (u64, u64),
+    accept: tokio::task::AbortHandle,
+}
+
+impl ServerGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds the control socket at `path` (mode 0600 from the moment it is reachable) and
+/// serves it until the guard is dropped. Each connection gets one line (at most 4 KiB,
+/// within 1 s), the request goes to `requests`, the answer back within `answer_limit`
+/// (the runtime's probes may take their timeout), then written within 1 s.
+///
+/// A socket file already at `path` is replaced when nothing answers on it (a previous
+/// tandem that died); if something does, that is another tandem and we refuse.
+///
+/// Must be called inside a tokio runtime with I/O and time enabled: the accept loop and
+/// each connection are tasks on it.
+pub async fn serve(
+    path: &Path,
+    requests: mpsc::Sender<Ask>,
+    answer_limit: Duration,
+) -> Result<ServerGuard, String> {
+    let shown = path.display();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(file_name) = path.file_name() else {
+        return Err(format!("control socket path {shown} has no file name"));
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    clear_stale(path).await?;
+
+    // bind() creates the file with the process umask; changing the umask would affect
+    // every thread. Instead bind inside a private 0700 directory next to the target, make
+    // the socket 0600 there, and rename it into place: it is never reachable with a wider
+    // mode. (Same directory, so same filesystem, so rename works.)
+    let private = parent.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let staged = private.join("s");
+    let bound = (|| -> io::Result<std::os::unix::net::UnixListener> {
+        let listener = std::os::unix::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = bound.map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+    let listener =
+        UnixListener::from_std(listener).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+    let meta =
+        std::fs::symlink_metadata(path).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+
+    let accept = tokio::spawn(accept_loop(listener, requests, answer_limit)).abort_handle();
+    Ok(ServerGuard {
+        path: path.to_path_buf(),
+        id: (meta.dev(), meta.ino()),
+        accept,
+    })
+}
+
+/// Makes way for our socket: nothing there, or a socket nobody answers on (removed).
+async fn clear_stale(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot check {shown}: {e}")),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "{shown} exists and is not a socket; remove it or set TANDEM_SOCKET to another path"
+        ));
+    }
+    // Asynchronously and bounded: a live server with a full backlog would block a plain
+    // connect, and a server that is there but stuck is still there.
+    match tokio::time::timeout(READ_TIMEOUT, UnixStream::connect(path)).await {
+        Ok(Ok(_)) | Err(_) => Err(format!("another tandem is already running on {shown}")),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::debug!("removing stale control socket {shown}");
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale {shown}: {e}"))
+        }
+        Ok(Err(e)) => Err(format!("cannot check {shown}: {e}")),
+    }
+}
+
+async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer_limit: Duration) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // With every slot taken, stop accepting: further clients wait in the kernel's
+        // backlog (each served connection is bounded in time), rather than being told
+        // "unhealthy" because of a burst of health checks.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, typically: give the others time to close
+                // rather than spin on the error.
+                tracing::warn!("control socket: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            connection(stream, &requests, answer_limit).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One connection: one line in, one line out, closed. Every step is bounded in time.
+async fn connection(mut stream: UnixStream, requests: &mpsc::Sender<Ask>, answer_limit: Duration) {
+    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Err(_) => Response::Error {
+            message: format!("no request within {} ms", READ_TIMEOUT.as_millis()),
+        },
+        Ok(Err(message)) => Response::Error { message },
+        Ok(Ok(req)) => ask(req, requests, answer_limit).await,
+    };
+    let bytes = encode(&response);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("cannot read the request: {e}"))?;
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    parse_request(&line)
+}
+
+/// Hands the request to the runtime and waits for its answer, at most `limit`.
+async fn ask(req: Request, requests: &mpsc::Sender<Ask>, limit: Duration) -> Response {
+    let work = async {
+        let (tx, rx) = oneshot::channel();
+        requests
+            .send((req, tx))
+            .await
+            .map_err(|_| "tandem is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "tandem dropped the request (shutting down?)".to_string())
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(message)) => Response::Error { message },
+        Err(_) => Response::Error {
+            message: format!("no answer within {} ms", limit.as_millis()),
+        },
+    }
+}

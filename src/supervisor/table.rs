@@ -1,0 +1,476 @@
+//! Each service's phase, and the one place it changes: [`cell`] names what happens for
+//! every (phase, input) pair, s6-style, and [`Supervisor::apply`] runs that cell and
+//! stores the phase it returns. The table test walks all of them.
+//!
+//! | phase    | means                                                              |
+//! |----------|--------------------------------------------------------------------|
+//! | Waiting  | not started: its dependencies do not hold yet                      |
+//! | Starting | asked to start: being set up or spawned, no main process yet       |
+//! | Running  | its process runs (an external service: being probed), not ready    |
+//! | Ready    | ready: what dependents waiting for `healthy` wait for              |
+//! | Stopping | its stop ladder (or a restart's) is under way                      |
+//! | Done     | exited, failed, completed, or never started                        |
+
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::{
+    Id, Kind, LiveStep, Readiness, Step, Supervisor, Timer, EXIT_SERVICE_FAILED, EXIT_START_FAILED,
+};
+use crate::process::Exit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Waiting,
+    Starting,
+    Running,
+    Ready,
+    Stopping,
+    Done,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Waiting,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Ready,
+        Phase::Stopping,
+        Phase::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Ready => "ready",
+            Phase::Stopping => "stopping",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// What can happen to one service.
+#[derive(Debug, Clone)]
+pub(super) enum Input {
+    /// Its dependencies hold.
+    Start,
+    /// A dependency can never be met (the reason says which).
+    Blocked(String),
+    /// Its main process is running.
+    Spawned(Pid),
+    /// It became ready: reported so, or its probe passed for the first time.
+    Ready,
+    /// It could not start.
+    StartFailed { reason: String, code: i32 },
+    /// Its main process exited.
+    Exited(Exit),
+    /// A set-up step's process is running.
+    StepStarted(Step, Pid),
+    /// A set-up step's process exited.
+    StepExited(Pid),
+    /// The shutdown has reached it (its dependents are gone, or the stop is immediate).
+    Stop,
+    /// It stayed unhealthy and its policy is to restart it.
+    Restart,
+    /// Its stop ladder's time is up, or tandem was asked to stop again (the reason ends
+    /// the log line).
+    Escalate(&'static str),
+    /// Its start deadline (or its current set-up step's) passed.
+    Deadline,
+}
+
+/// [`Input`] without its data: the table's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    Start,
+    Blocked,
+    Spawned,
+    Ready,
+    StartFailed,
+    Exited,
+    StepStarted,
+    StepExited,
+    Stop,
+    Restart,
+    Escalate,
+    Deadline,
+}
+
+impl InputKind {
+    pub const ALL: [InputKind; 12] = [
+        InputKind::Start,
+        InputKind::Blocked,
+        InputKind::Spawned,
+        InputKind::Ready,
+        InputKind::StartFailed,
+        InputKind::Exited,
+        InputKind::StepStarted,
+        InputKind::StepExited,
+        InputKind::Stop,
+        InputKind::Restart,
+        InputKind::Escalate,
+        InputKind::Deadline,
+    ];
+}
+
+impl Input {
+    pub(super) fn kind(&self) -> InputKind {
+        match self {
+            Input::Start => InputKind::Start,
+            Input::Blocked(_) => InputKind::Blocked,
+            Input::Spawned(_) => InputKind::Spawned,
+            Input::Ready => InputKind::Ready,
+            Input::StartFailed { .. } => InputKind::StartFailed,
+            Input::Exited(_) => InputKind::Exited,
+            Input::StepStarted(..) => InputKind::StepStarted,
+            Input::StepExited(_) => InputKind::StepExited,
+            Input::Stop => InputKind::Stop,
+            Input::Restart => InputKind::Restart,
+            Input::Escalate(_) => InputKind::Escalate,
+            Input::Deadline => InputKind::Deadline,
+        }
+    }
+}
+
+/// What a cell does: it may act (queue actions, arm timers, begin the shutdown) and
+/// returns the service's next phase. Only [`Supervisor::apply`] stores it.
+pub(super) type Cell = fn(&mut Supervisor, Id, Input, Instant) -> Phase;
+
+/// The transition table: every (phase, input) pair, no default.
+pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
+    use InputKind as I;
+    use Phase as P;
+    match (phase, input) {
+        (P::Waiting, I::Start) => Supervisor::launch,
+        (P::Waiting, I::Blocked) => Supervisor::never_start,
+        (P::Waiting, I::Stop) => Supervisor::stopped_before_start,
+        (
+            P::Waiting,
+            I::Spawned
+            | I::Ready
+            | I::StartFailed
+            | I::Exited
+            | I::StepStarted
+            | I::StepExited
+            | I::Restart
+            | I::Escalate
+            | I::Deadline,
+        ) => Supervisor::ignore,
+
+        (P::Starting, I::Spawned) => Supervisor::spawned,
+        (P::Starting, I::StartFailed) => Supervisor::start_failed,
+        (P::Starting, I::StepStarted) => Supervisor::step_started,
+        (P::Starting, I::StepExited) => Supervisor::step_exited,
+        (P::Starting, I::Stop) => Supervisor::begin_stop,
+        (P::Starting, I::Deadline) => Supervisor::deadline_passed,
+        (P::Starting, I::Start | I::Blocked | I::Ready | I::Exited | I::Restart | I::Escalate) => {
+            Supervisor::ignore
+        }
+
+        (P::Running, I::Ready) => Supervisor::became_ready,
+        (P::Running, I::StartFailed) => Supervisor::start_failed,
+        (P::Running, I::Exited) => Supervisor::exited,
+        (P::Running, I::Stop) => Supervisor::begin_stop,
+        (P::Running, I::Restart) => Supervisor::begin_restart,
+        (P::Running, I::Deadline) => Supervisor::deadline_passed,
+        (
+            P::Running,
+            I::Start | I::Blocked | I::Spawned | I::StepStarted | I::StepExited | I::Escalate,
+        ) => Supervisor::ignore,
+
+        (P::Ready, I::Exited) => Supervisor::exited,
+        (P::Ready, I::Stop) => Supervisor::begin_stop,
+        (P::Ready, I::Restart) => Supervisor::begin_restart,
+        (
+            P::Ready,
+            I::Start
+            | I::Blocked
+            | I::Spawned
+            | I::Ready
+            | I::StartFailed
+            | I::StepStarted
+            | I::StepExited
+            | I::Escalate
+            | I::Deadline,
+        ) => Supervisor::ignore,
+
+        (P::Stopping, I::Spawned) => Supervisor::spawned_while_stopping,
+        (P::Stopping, I::StartFailed) => Supervisor::gave_up_starting,
+        (P::Stopping, I::Exited) => Supervisor::stopped,
+        (P::Stopping, I::StepStarted) => Supervisor::step_started_while_stopping,
+        (P::Stopping, I::StepExited) => Supervisor::step_exited_while_stopping,
+        (P::Stopping, I::Escalate) => Supervisor::escalate,
+        (P::Stopping, I::Start | I::Blocked | I::Ready | I::Stop | I::Restart | I::Deadline) => {
+            Supervisor::ignore
+        }
+
+        (
+            P::Done,
+            I::Start
+            | I::Blocked
+            | I::Spawned
+            | I::Ready
+            | I::StartFailed
+            | I::Exited
+            | I::StepStarted
+            | I::StepExited
+            | I::Stop
+            | I::Restart
+            | I::Escalate
+            | I::Deadline,
+        ) => Supervisor::ignore,
+    }
+}
+
+impl Supervisor {
+    /// The one place a service's phase changes.
+    pub(super) fn apply(&mut self, id: Id, input: Input, now: Instant) {
+        let phase = self.svcs[id].phase;
+        let next = cell(phase, input.kind())(self, id, input, now);
+        self.svcs[id].phase = next;
+    }
+
+    /// A fact that does not apply in this phase (late, or duplicate): nothing changes.
+    fn ignore(&mut self, id: Id, input: Input, _now: Instant) -> Phase {
+        tracing::debug!(
+            "{}: {:?} ignored while {}",
+            self.svcs[id].spec.name,
+            input.kind(),
+            self.svcs[id].phase.as_str()
+        );
+        self.svcs[id].phase
+    }
+
+    fn launch(&mut self, id: Id, _: Input, now: Instant) -> Phase {
+        let svc = &mut self.svcs[id];
+        svc.start_requested = Some(now);
+        if svc.spec.kind == Kind::External {
+            // Nothing to run: it is "started" now, and ready when its probe says so.
+            svc.started_at = Some(now);
+            tracing::info!("waiting for {} (external)", svc.spec.name);
+            self.timers.set(Timer::Probe(id), now);
+            return Phase::Running;
+        }
+        self.actions.push_back(super::Action::Start(id));
+        Phase::Starting
+    }
+
+    fn never_start(&mut self, id: Id, input: Input, now: Instant) -> Phase {
+        if let Input::Blocked(why) = input {
+            tracing::error!("{why}");
+        }
+        self.svcs[id].failed = true;
+        self.begin_shutdown(now, Some(EXIT_SERVICE_FAILED), None);
+        Phase::Done
+    }
+
+    fn stopped_before_start(&mut self, _id: Id, _: Input, _now: Instant) -> Phase {
+        Phase::Done
+    }
+
+    fn spawned(&mut self, id: Id, input: Input, now: Instant) -> Phase {
+        let Input::Spawned(pid) = input else {
+            return self.svcs[id].phase;
+        };
+        let svc = &mut self.svcs[id];
+        svc.pid = Some(pid);
+        svc.started_at = Some(now);
+        tracing::info!(pid = pid.as_raw(), "{} started", svc.spec.name);
+        match svc.spec.readiness {
+            Readiness::Started => {
+                self.timers.clear(Timer::StartDeadline(id));
+                if svc.spec.health.is_some() {
+                    self.timers.set(Timer::Probe(id), now);
+                }
+                Phase::Ready
+            }
+            Readiness::Probe | Readiness::Reported => {
+                if svc.spec.readiness == Readiness::Probe {
+                    self.timers.set(Timer::Probe(id), now);
+                }
+                if let Some(t) = svc.spec.start_timeout {
+                    self.timers.set(Timer::StartDeadline(id), now + t);
+                }
+                Phase::Running
+            }
+        }
+    }
+
+    fn became_ready(&mut self, id: Id, _: Input, now: Instant) -> Phase {
+        let svc = &self.svcs[id];
+        let ms = svc
+            .start_requested
+            .map(|t| now.saturating_duration_since(t).as_millis())
+            .unwrap_or(0);
+        tracing::info!("{} is ready after {ms} ms", svc.spec.name);
+        self.timers.clear(Timer::StartDeadline(id));
+        if svc.spec.health.is_some() && self.timers.get(Timer::Probe(id)).is_none() {
+            // A probe that made it ready has already re-armed itself.
+            if svc.spec.readiness == Readiness::Reported {
+                self.timers.set(Timer::Probe(id), now);
+            }
+        }
+        Phase::Ready
+    }
+
+    fn start_failed(&mut self, id: Id, input: Input, now: Instant) -> Phase {
+        let Input::StartFailed { reason, code } = input else {
+            return self.svcs[id].phase;
+        };
+        let svc = &mut self.svcs[id];
+        svc.failed = true;
+        if svc.pid.is_some() {
+            // Its process runs but it cannot be used (its readiness check broke): stop it
+            // through its ladder, within the budget.
+            tracing::error!("{reason}; stopping it");
+            self.begin_shutdown(now, Some(code), None);
+            return svc_phase(self, id);
+        }
+        self.timers.clear(Timer::StartDeadline(id));
+        tracing::error!("{reason}");
+        self.begin_shutdown(now, Some(code), None);
+        Phase::Done
+    }
+
+    fn step_started(&mut self, id: Id, input: Input, now: Instant) -> Phase {
+        let Input::StepStarted(step, pid) = input else {
+            return self.svcs[id].phase;
+        };
+        // While starting, the deadline is the current step's.
+        match step.timeout {
+            Some(t) => self.timers.set(Timer::StartDeadline(id), now + t),
+            None => self.timers.clear(Timer::StartDeadline(id)),
+        }
+        self.svcs[id].steps.push(LiveStep {
+            step,
+            pid,
+            stop_asked: false,
+        });
+        Phase::Starting
+    }
+
+    fn step_exited(&mut self, id: Id, input: Input, _now: Instant) -> Phase {
+        if let Input::StepExited(pid) = input {
+            self.svcs[id].steps.retain(|s| s.pid != pid);
+            self.timers.clear(Timer::StartDeadline(id));
+        }
+        Phase::Starting
+    }
+
+    fn deadline_passed(&mut self, id: Id, _: Input, now: Instant) -> Phase {
+        let svc = &mut self.svcs[id];
+        svc.failed = true;
+        match svc.steps.last() {
+            Some(s) if s.stop_asked => tracing::error!(
+                "{}: {} did not stop within {} ms; stopping",
+                svc.spec.name,
+                s.step.name,
+                super::stop::SERVER_STEP_STOP.as_millis()
+            ),
+            Some(s) => tracing::error!(
+                "{}: {} did not finish within {} ms; stopping",
+                svc.spec.name,
+                s.step.name,
+                s.step.timeout.map_or(0, |t| t.as_millis())
+            ),
+            None => tracing::error!(
+                "{} did not become ready within {} ms; stopping it",
+                svc.spec.name,
+                svc.spec.start_timeout.map_or(0, |t| t.as_millis())
+            ),
+        }
+        self.begin_shutdown(now, Some(EXIT_START_FAILED), None);
+        svc_phase(self, id)
+    }
+
+    fn exited(&mut self, id: Id, input: Input, now: Instant) -> Phase {
+        let Input::Exited(exit) = input else {
+            return self.svcs[id].phase;
+        };
+        self.forget_process(id, exit);
+        let svc = &mut self.svcs[id];
+        let name = svc.spec.name.clone();
+        if self.shutdown.is_some() {
+            tracing::info!("{name} {exit}");
+        } else if svc.spec.kind == Kind::Oneshot && exit.success() {
+            tracing::info!("{name} completed");
+        } else if svc.spec.readiness == Readiness::Reported && svc.phase != super::Phase::Ready {
+            // It never came up: a start failure (bad configuration, say), not a crash.
+            svc.failed = true;
+            tracing::error!("{name} {exit} before it was ready (its log above says why)");
+            self.begin_shutdown(now, Some(EXIT_START_FAILED), None);
+        } else if svc.spec.main {
+            tracing::info!("{name} {exit}; stopping the other services");
+            self.begin_shutdown(now, Some(exit.shell_code()), None);
+        } else {
+            // Restart policies slot in here: the one place that decides what an unexpected
+            // exit means.
+            svc.failed = true;
+            tracing::error!("{name} {exit} unexpectedly; stopping the container");
+            self.begin_shutdown(now, Some(EXIT_SERVICE_FAILED), None);
+        }
+        Phase::Done
+    }
+
+    /// The main process is gone: what the runtime and the probes knew of it goes too.
+    fn forget_process(&mut self, id: Id, exit: Exit) {
+        let svc = &mut self.svcs[id];
+        svc.exit = Some(exit);
+        svc.pid = None;
+        svc.health = super::HealthState::default();
+        self.timers.clear(Timer::Probe(id));
+        self.timers.clear(Timer::StartDeadline(id));
+        self.timers.clear(Timer::Escalate(id));
+    }
+
+    fn gave_up_starting(&mut self, id: Id, input: Input, _now: Instant) -> Phase {
+        if let Input::StartFailed { reason, .. } = input {
+            tracing::info!(
+                "{} did not finish starting: {reason}",
+                self.svcs[id].spec.name
+            );
+        }
+        let svc = &mut self.svcs[id];
+        svc.steps.clear();
+        svc.last_stop = svc.stop.take();
+        self.timers.clear(Timer::Escalate(id));
+        self.timers.clear(Timer::StartDeadline(id));
+        Phase::Done
+    }
+
+    fn stopped(&mut self, id: Id, input: Input, now: Instant) -> Phase {
+        let Input::Exited(exit) = input else {
+            return self.svcs[id].phase;
+        };
+        self.forget_process(id, exit);
+        let shutting_down = self.shutdown.is_some();
+        let svc = &mut self.svcs[id];
+        let stop = svc.stop.take();
+        if svc.restarting && !shutting_down {
+            svc.restarting = false;
+            svc.restarts += 1;
+            svc.exit = None;
+            tracing::info!(
+                "{} {exit}; starting it again (restart {})",
+                svc.spec.name,
+                svc.restarts
+            );
+            return Phase::Waiting;
+        }
+        if let Some(stop) = &stop {
+            let ms = now.saturating_duration_since(stop.began).as_millis();
+            tracing::info!("{} {exit} after stopping for {ms} ms", svc.spec.name);
+        }
+        svc.last_stop = stop;
+        Phase::Done
+    }
+}
+
+/// The phase a cell leaves unchanged.
+fn svc_phase(sup: &Supervisor, id: Id) -> Phase {
+    sup.svcs[id].phase
+}
