@@ -49,8 +49,9 @@ const RECOVERY_LINES: [&str; 2] = [
 const CLEAN_SHUTDOWN: &str = "database system is shut down";
 /// How a `docker stop` ends for both apps: uvicorn (0.29 and later: the Hive server's 0.35 and
 /// Debian 13's 0.32 alike) shuts down gracefully on SIGTERM, then re-raises it and dies "killed
-/// by SIGTERM", which tandem passes on as 128 + 15.
-const STOP_EXIT: i32 = 143;
+/// by SIGTERM"; a death by the signal tandem sent is a clean stop, exit 0 (TANDEM_STOP_EXIT
+/// defaults to `clean`).
+const STOP_EXIT: i32 = 0;
 const INIT_SKIPPED: &str = "already holds a database";
 /// The Hive server's master key, given at run time as users do (it must start with `hive_` and
 /// be at least 37 characters); the example API ignores it.
