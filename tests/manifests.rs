@@ -103,6 +103,117 @@ fn dockerfiles_run_the_app_under_tandem_with_its_health_check() {
     }
 }
 
+/// The Hive server as the images run it: its own start command, its settings, its database
+/// URL from tandem (never from the image), its pins in the repository.
+#[test]
+fn dockerfiles_run_the_hive_server_with_its_url_from_tandem() {
+    for flavor in FLAVORS {
+        let d = Dockerfile::load(flavor);
+        let port = d.port().to_string();
+        assert_eq!(
+            d.json("CMD"),
+            [
+                "uvicorn",
+                "api.serve:app",
+                "--factory",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                &port
+            ],
+            "{flavor}"
+        );
+        assert_eq!(d.arg("APP"), Some("hive"), "{flavor}: the default APP");
+        let base = d.arg("BASE_IMAGE").expect("ARG BASE_IMAGE=...");
+        assert!(
+            base.starts_with("pgvector/pgvector:pg17-trixie"),
+            "{flavor}: BASE_IMAGE {base}: PostgreSQL 17, pgvector, Debian 13 for Python 3.12+"
+        );
+
+        let env = d.env();
+        let aliases: Vec<&str> = env["TANDEM_DATABASE_URL_AS"].split(',').collect();
+        assert!(
+            aliases.contains(&"HIVE_DATABASE_URL=postgresql+psycopg"),
+            "{flavor}: TANDEM_DATABASE_URL_AS {aliases:?}"
+        );
+        assert_eq!(env["HIVE_API_PORT"], port, "{flavor}");
+        assert_eq!(env["HIVE_ENVIRONMENT"], "production", "{flavor}");
+        assert_eq!(env["AGNO_TELEMETRY"], "false", "{flavor}");
+        assert_eq!(env["HIVE_ENABLE_LANGWATCH"], "false", "{flavor}");
+        for origin in env["HIVE_CORS_ORIGINS"].split(',') {
+            assert!(
+                origin.starts_with("http://") || origin.starts_with("https://"),
+                "{flavor}: the server refuses CORS origin {origin:?}"
+            );
+        }
+        for secret in [
+            "HIVE_API_KEY",
+            "HIVE_DATABASE_URL",
+            "DATABASE_URL",
+            "POSTGRES_PASSWORD",
+        ] {
+            assert!(
+                !env.contains_key(secret),
+                "{flavor}: {secret} baked into the image"
+            );
+        }
+        assert!(
+            env["PATH"].starts_with("/opt/hive/venv/bin:"),
+            "{flavor}: the server's venv first on PATH"
+        );
+
+        let version = d.arg("HIVE_VERSION").expect("ARG HIVE_VERSION=...");
+        let pins = read(&format!("images/hive/constraints-{version}.txt"));
+        let pins: Vec<&str> = pins
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(pins.len() > 100, "{flavor}: {} pins", pins.len());
+        for pin in &pins {
+            let (name, v) = pin.split_once("==").unwrap_or_else(|| {
+                panic!("constraints-{version}.txt: {pin:?} is not NAME==VERSION")
+            });
+            assert!(
+                !name.is_empty() && !v.is_empty() && !v.contains(' '),
+                "{pin:?}"
+            );
+        }
+        assert!(
+            pins.iter().any(|p| p.starts_with("mcp==1.")),
+            "the pins keep mcp 1.x (agno 2.0.8 imports what mcp 2 removed)"
+        );
+    }
+}
+
+/// Every instruction that makes a layer (FROM, RUN, COPY, ADD) comes before the first one in
+/// which genie and agent differ, so the second image reuses all of the first's layers, the
+/// Hive server's pip layer included; and the supervisord twin's app stage is the same stage,
+/// so it gets those layers too.
+#[test]
+fn dockerfiles_share_every_layer_and_the_supervisord_twin_shares_the_app_stage() {
+    let (genie, agent) = (Dockerfile::load("genie"), Dockerfile::load("agent"));
+    let first_difference = genie
+        .instructions
+        .iter()
+        .zip(&agent.instructions)
+        .position(|(g, a)| g != a)
+        .expect("Dockerfile.genie and Dockerfile.agent are identical");
+    for (op, args) in &genie.instructions[first_difference..] {
+        assert!(
+            !["FROM", "RUN", "COPY", "ADD"].contains(&op.as_str()),
+            "{op} {args} comes after the first difference between genie and agent"
+        );
+    }
+    let twin = Dockerfile::read("images/supervisord/Dockerfile");
+    assert_eq!(
+        twin.stage("app"),
+        genie.stage("app"),
+        "images/supervisord/Dockerfile's app stage is not Dockerfile.genie's"
+    );
+    assert_eq!(twin.arg("BASE_IMAGE"), genie.arg("BASE_IMAGE"));
+    assert_eq!(twin.arg("APP"), genie.arg("APP"));
+}
+
 /// The instructions of a Dockerfile, continuation lines joined, comments dropped.
 struct Dockerfile {
     name: String,
@@ -111,7 +222,12 @@ struct Dockerfile {
 
 impl Dockerfile {
     fn load(flavor: &str) -> Dockerfile {
-        let name = format!("Dockerfile.{flavor}");
+        Dockerfile::read(&format!("Dockerfile.{flavor}"))
+    }
+
+    /// Any Dockerfile, by its path in the repository.
+    fn read(name: &str) -> Dockerfile {
+        let name = name.to_string();
         let mut instructions = vec![];
         let mut current = String::new();
         for line in read(&name).lines() {
@@ -164,6 +280,29 @@ impl Dockerfile {
             .unwrap_or_else(|e| panic!("{}: EXPOSE: {e}", self.name))
     }
 
+    /// The default of `ARG name=default` (the first declaration).
+    fn arg(&self, name: &str) -> Option<&str> {
+        self.all("ARG").into_iter().find_map(|a| {
+            let (k, v) = a.split_once('=')?;
+            (k == name).then_some(v)
+        })
+    }
+
+    /// The instructions of the stage `FROM ... AS name`, up to the next FROM.
+    fn stage(&self, name: &str) -> &[(String, String)] {
+        let suffix = format!(" AS {name}");
+        let start = self
+            .instructions
+            .iter()
+            .position(|(op, args)| op == "FROM" && args.ends_with(&suffix))
+            .unwrap_or_else(|| panic!("{}: no stage {name}", self.name));
+        let len = self.instructions[start + 1..]
+            .iter()
+            .position(|(op, _)| op == "FROM")
+            .map_or(self.instructions.len() - start, |n| n + 1);
+        &self.instructions[start..start + len]
+    }
+
     /// Every `ENV K=V ...` (values without spaces, as these files write them).
     fn env(&self) -> BTreeMap<String, String> {
         self.all("ENV")
@@ -203,6 +342,14 @@ fn compose_examples_check_health_with_tandem_and_fit_the_stop_budget() {
             format!("hive_{flavor}"),
             "{file}"
         );
+        // Secrets come from the user's environment (or .env), never written in the file.
+        for secret in ["POSTGRES_PASSWORD", "HIVE_API_KEY"] {
+            let value = service.at(&format!("environment.{secret}")).str();
+            assert!(
+                value.starts_with(&format!("${{{secret}:?")),
+                "{file}: {secret} is {value:?}, not required from the environment"
+            );
+        }
 
         let ports = service.at("ports").strs();
         assert!(
@@ -266,10 +413,12 @@ fn kubernetes_manifests_probe_with_tandem_healthcheck_and_fit_the_grace_period()
             grace > budget && MARGIN_S.contains(&(grace - budget)),
             "{file}: terminationGracePeriodSeconds {grace} vs TANDEM_STOP_TIMEOUT {budget}"
         );
-        assert!(
-            env["POSTGRES_PASSWORD"].get("valueFrom").is_some(),
-            "{file}: password not from a Secret"
-        );
+        for secret in ["POSTGRES_PASSWORD", "HIVE_API_KEY"] {
+            assert!(
+                env.get(secret).and_then(|e| e.get("valueFrom")).is_some(),
+                "{file}: {secret} not from a Secret"
+            );
+        }
 
         // PGDATA lives on the claim template's volume.
         let claim = sts.at("spec.volumeClaimTemplates").seq()[0]
