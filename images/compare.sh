@@ -61,13 +61,16 @@ wait_up() {
 
 declare -A all
 record() { all[$1]="${all[$1]:-} $2"; }
-# min-max of the recorded integers (or the one value), divided by $2 when given.
-range() {
-    tr ' ' '\n' <<<"${all[$1]:-}" | sed '/^$/d' | sort -n | sed -n '1p;$p' | paste -sd' ' \
-        | awk -v div="${2:-}" '{
-            lo = $1; hi = (NF > 1 ? $2 : $1)
-            if (div != "") { lo = sprintf("%.1f", lo / div); hi = sprintf("%.1f", hi / div) }
-            print (lo == hi ? lo : lo "-" hi)
+# The median of the recorded integers and their range, "median (min-max)", or the one value
+# when they agree; divided by $2 when given.
+stats() {
+    tr ' ' '\n' <<<"${all[$1]:-}" | sed '/^$/d' | sort -n | awk -v div="${2:-1}" -v dec="${2:+1}" '
+        { v[NR] = $1 / div }
+        END {
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            f = dec ? "%.1f" : "%.0f"
+            lo = sprintf(f, v[1]); hi = sprintf(f, v[NR]); md = sprintf(f, m)
+            print (lo == hi ? md : md " (" lo "-" hi ")")
         }'
 }
 
@@ -102,12 +105,12 @@ for _ in $(seq "$runs"); do
 done
 
 echo
-echo "side by side, $runs runs each (min-max)"
-printf '%-44s %22s %22s\n' "" "${images[0]%%:*}" "${images[1]%%:*}"
+echo "side by side, $runs runs each: median (min-max)"
+printf '%-44s %26s %26s\n' "" "${images[0]%%:*}" "${images[1]%%:*}"
 row() {
     local label=$1 key=$2 unit=$3 a b
-    a=$(range "${images[0]}.$key") b=$(range "${images[1]}.$key")
-    printf '%-44s %22s %22s\n' "$label" "$a$unit" "$b$unit"
+    a=$(stats "${images[0]}.$key") b=$(stats "${images[1]}.$key")
+    printf '%-44s %26s %26s\n' "$label" "$a$unit" "$b$unit"
 }
 row "docker run to first API 200 (empty volume)" run_api " ms"
 row "docker run to healthy (empty volume)" run_healthy " ms"
@@ -115,7 +118,7 @@ row "docker start to first API 200" start_api " ms"
 row "docker start to healthy" start_healthy " ms"
 row "docker stop" stop " ms"
 row "exit code after docker stop" code ""
-printf '%-44s %22s %22s\n' "PID 1 resident memory (VmRSS)" \
-    "$(range "${images[0]}.rss_kib" 1024) MiB" "$(range "${images[1]}.rss_kib" 1024) MiB"
+printf '%-44s %26s %26s\n' "PID 1 resident memory (VmRSS)" \
+    "$(stats "${images[0]}.rss_kib" 1024) MiB" "$(stats "${images[1]}.rss_kib" 1024) MiB"
 size() { docker image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }'; }
-printf '%-44s %22s %22s\n' "image size" "$(size "${images[0]}")" "$(size "${images[1]}")"
+printf '%-44s %26s %26s\n' "image size" "$(size "${images[0]}")" "$(size "${images[1]}")"
