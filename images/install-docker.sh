@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Make a Docker engine answer on this machine: install what the image builds and container
-# tests need (docker.io for the engine, mmdebstrap for the local base image, docker-compose
-# for the compose example) when missing, then start dockerd in the background unless
-# `docker info` already answers. Idempotent; meant for a fresh Debian 12 machine as root.
-# Packages come from the machine's own apt sources; nothing here names a mirror.
+# tests need (docker.io for the engine, mmdebstrap and a keyring with Debian 13's keys for the
+# local base image, docker-compose for the compose example) when missing, then start dockerd
+# in the background unless `docker info` already answers. Idempotent; meant for a fresh
+# Debian 12 machine as root. Packages come from the machine's own apt sources; nothing here
+# names a mirror.
 set -euo pipefail
 
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# The local base image is Debian 13 (trixie): mmdebstrap checks its mirror's signatures with
+# this machine's archive keyring, which has trixie's keys from Debian 12's 2023.3+deb12u1 on.
+[ -e /usr/share/keyrings/debian-archive-trixie-automatic.gpg ] || need+=(debian-archive-keyring)
 # docker.io brings its own client; an existing one (e.g. /usr/local/bin/docker) is kept.
 if [ ${#need[@]} -gt 0 ]; then
     echo "install-docker: installing ${need[*]}"
