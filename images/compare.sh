@@ -52,7 +52,14 @@ wait_up() {
             case $state in
                 "true healthy") healthy_at=$(now) ;;
                 true*) ;;
-                *) docker logs "$name" 2>&1 | tail -n 50 >&2; echo "compare: $name stopped" >&2; exit 1 ;;
+                *)
+                    local log
+                    log=$(mktemp /tmp/tandem-compare-XXXXXX.log)
+                    docker logs "$name" >"$log" 2>&1
+                    grep -a -E '^(tandem \||[^|]*Traceback|[^|]*Error:)' "$log" | tail -n 30 >&2
+                    echo "compare: $name stopped (exit code $(docker inspect -f '{{.State.ExitCode}}' "$name")); its log: $log" >&2
+                    exit 1
+                    ;;
             esac
         fi
         sleep 0.02
