@@ -359,6 +359,7 @@ impl Supervisor {
     /// Starts every service whose dependencies are already met.
     pub fn start(&mut self, now: Instant) {
         self.advance(now);
+        self.handle_timeout(now);
     }
 
     /// The next command for the runtime, if any.

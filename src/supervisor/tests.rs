@@ -713,3 +713,471 @@ fn postgres_exiting_before_ready_is_a_start_failure() {
     assert_eq!(h.exit_code(), Some(EXIT_START_FAILED));
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
+
+// ---------------------------------------------------------------------------------------
+// The transition table: every (phase, input) pair.
+
+/// A database service ("db", ready when reported, so Running and Ready differ) behind a
+/// oneshot gate, driven into `phase` through real events.
+fn in_phase(phase: Phase) -> (Harness, Id) {
+    const DB: Id = 1;
+    let defs = vec![
+        ServiceDef::oneshot("gate"),
+        ServiceDef::database("db")
+            .main(true)
+            .after("gate", Condition::Completed),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    let pid = Pid::from_raw;
+    let mut script = vec![
+        // Starting: the gate completed.
+        Event::Started { id: 0, pid: pid(5) },
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(0),
+        },
+        // Running, Ready, Stopping, Done.
+        Event::Started {
+            id: DB,
+            pid: pid(10),
+        },
+        Event::Ready { id: DB },
+        Event::Signal(Signal::SIGTERM),
+        Event::Exited {
+            id: DB,
+            exit: Exit::Code(0),
+        },
+    ];
+    let upto = match phase {
+        Phase::Waiting => 0,
+        Phase::Starting => 2,
+        Phase::Running => 3,
+        Phase::Ready => 4,
+        Phase::Stopping => 5,
+        Phase::Done => 6,
+    };
+    script.truncate(upto);
+    for (i, ev) in script.into_iter().enumerate() {
+        h.at(Duration::from_millis(i as u64), ev);
+    }
+    assert_eq!(h.sup.svcs[DB].phase, phase, "set-up of {phase:?}");
+    (h, DB)
+}
+
+fn input_of(kind: table::InputKind) -> Input {
+    use table::InputKind as K;
+    let step = Step {
+        name: "init script 01.sh".into(),
+        kind: StepKind::Task,
+        timeout: None,
+    };
+    match kind {
+        K::Start => Input::Start,
+        K::Blocked => Input::Blocked("gate failed".into()),
+        K::Spawned => Input::Spawned(Pid::from_raw(11)),
+        K::Ready => Input::Ready,
+        K::StartFailed => Input::StartFailed {
+            reason: "broken".into(),
+            code: 1,
+        },
+        K::Exited => Input::Exited(Exit::Code(0)),
+        K::StepStarted => Input::StepStarted(step, Pid::from_raw(50)),
+        K::StepExited => Input::StepExited(Pid::from_raw(50)),
+        K::Stop => Input::Stop,
+        K::Restart => Input::Restart,
+        K::Escalate => Input::Escalate("test"),
+        K::Deadline => Input::Deadline,
+    }
+}
+
+/// The phase each cell leaves the service in. Rows are phases, columns the inputs in
+/// `InputKind::ALL` order: Start, Blocked, Spawned, Ready, StartFailed, Exited,
+/// StepStarted, StepExited, Stop, Restart, Escalate, Deadline. A cell that begins the
+/// shutdown keeps its phase: the stop reaches the service through `Stop`.
+#[test]
+fn every_phase_and_input_pair_has_its_cell() {
+    use Phase::*;
+    let table: [(Phase, [Phase; 12]); 6] = [
+        (
+            Waiting,
+            [
+                Starting, Done, Waiting, Waiting, Waiting, Waiting, Waiting, Waiting, Done,
+                Waiting, Waiting, Waiting,
+            ],
+        ),
+        (
+            Starting,
+            [
+                Starting, Starting, Running, Starting, Done, Starting, Starting, Starting,
+                Stopping, Starting, Starting, Starting,
+            ],
+        ),
+        (
+            Running,
+            [
+                Running, Running, Running, Ready, Running, Done, Running, Running, Stopping,
+                Stopping, Running, Running,
+            ],
+        ),
+        (
+            Ready,
+            [
+                Ready, Ready, Ready, Ready, Ready, Done, Ready, Ready, Stopping, Stopping, Ready,
+                Ready,
+            ],
+        ),
+        (
+            Stopping,
+            [
+                Stopping, Stopping, Stopping, Stopping, Done, Done, Stopping, Stopping, Stopping,
+                Stopping, Stopping, Stopping,
+            ],
+        ),
+        (Done, [Done; 12]),
+    ];
+    let mut walked = 0;
+    for (phase, row) in table {
+        for (kind, want) in table::InputKind::ALL.into_iter().zip(row) {
+            let (mut h, id) = in_phase(phase);
+            let now = h.now + MS;
+            h.sup.apply(id, input_of(kind), now);
+            assert_eq!(
+                h.sup.svcs[id].phase, want,
+                "({phase:?}, {kind:?}) should leave {want:?}"
+            );
+            walked += 1;
+        }
+    }
+    assert_eq!(
+        walked,
+        Phase::ALL.len() * table::InputKind::ALL.len(),
+        "every pair"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Set-up steps, the start deadline, external services, the exit after a stop.
+
+fn step(name: &str, kind: StepKind, timeout: Option<Duration>) -> Step {
+    Step {
+        name: name.into(),
+        kind,
+        timeout,
+    }
+}
+
+fn step_started(id: Id, s: Step, pid: i32) -> Event {
+    Event::StepStarted {
+        id,
+        step: s,
+        pid: Pid::from_raw(pid),
+    }
+}
+
+fn step_exited(id: Id, pid: i32, exit: Exit) -> Event {
+    Event::StepExited {
+        id,
+        pid: Pid::from_raw(pid),
+        exit,
+    }
+}
+
+fn to_group(id: Id, pid: i32, signal: Signal) -> Action {
+    Action::Signal {
+        id,
+        signal,
+        to: Target::Group(Pid::from_raw(pid)),
+    }
+}
+
+fn to_leader(id: Id, pid: i32, signal: Signal) -> Action {
+    Action::Signal {
+        id,
+        signal,
+        to: Target::Leader(Pid::from_raw(pid)),
+    }
+}
+
+fn gave_up(h: &mut Harness, ms: u64) {
+    h.at(
+        Duration::from_millis(ms),
+        Event::StartFailed {
+            id: PG,
+            reason: "stopped before the first start was complete".into(),
+            code: 1,
+        },
+    );
+}
+
+#[test]
+fn sigterm_during_initdb_kills_it_at_once_and_exits() {
+    let mut h = Harness::pair();
+    let initdb = step("initdb", StepKind::Scratch, Some(Duration::from_secs(300)));
+    h.at(10 * MS, step_started(PG, initdb, 50));
+    h.at(400 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&Action::CancelSetup(PG)), Some(400 * MS));
+    assert_eq!(h.when(&to_group(PG, 50, Signal::SIGKILL)), Some(400 * MS));
+    h.at(402 * MS, step_exited(PG, 50, Exit::Signal(9)));
+    gave_up(&mut h, 403);
+    assert_eq!(h.log.last(), Some(&(403 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn sigterm_during_a_script_stops_its_group_then_the_temporary_server() {
+    let mut h = Harness::pair();
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(100 * MS, step_started(PG, server, 60));
+    h.at(300 * MS, Event::StepReady { id: PG });
+    h.at(
+        310 * MS,
+        step_started(PG, step("init script 01.sh", StepKind::Task, None), 70),
+    );
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&to_group(PG, 70, Signal::SIGTERM)), Some(1000 * MS));
+    assert_eq!(
+        h.when(&to_leader(PG, 60, Signal::SIGINT)),
+        None,
+        "the script first"
+    );
+    h.at(1005 * MS, step_exited(PG, 70, Exit::Signal(15)));
+    assert_eq!(h.when(&to_leader(PG, 60, Signal::SIGINT)), Some(1005 * MS));
+    h.at(1090 * MS, step_exited(PG, 60, Exit::Code(0)));
+    gave_up(&mut h, 1091);
+    assert_eq!(h.exit_code(), Some(0));
+    assert!(!h.actions().contains(&to_group(PG, 70, Signal::SIGKILL)));
+}
+
+#[test]
+fn a_script_that_ignores_sigterm_is_killed_and_the_server_keeps_time_for_its_ladder() {
+    let mut h = Harness::pair();
+    h.at(
+        100 * MS,
+        step_started(PG, step("the temporary server", StepKind::Server, None), 60),
+    );
+    h.at(
+        310 * MS,
+        step_started(PG, step("init script 01.sh", StepKind::Task, None), 70),
+    );
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    h.run_until(h.t0 + 1750 * MS);
+    // postgres' step time: a quarter of its 3 s reserve.
+    assert_eq!(h.when(&to_group(PG, 70, Signal::SIGKILL)), Some(1750 * MS));
+    h.at(1751 * MS, step_exited(PG, 70, Exit::Signal(9)));
+    h.run_to_end();
+    // The server's ladder ends inside postgres' window: 10.0 s budget end less 0.5 s grace.
+    assert_eq!(h.when(&to_leader(PG, 60, Signal::SIGINT)), Some(1751 * MS));
+    assert_eq!(h.when(&to_leader(PG, 60, Signal::SIGQUIT)), Some(8750 * MS));
+    assert_eq!(h.when(&to_group(PG, 60, Signal::SIGKILL)), Some(9500 * MS));
+    assert_eq!(h.log.last(), Some(&(10_000 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn a_step_past_its_deadline_fails_the_start_through_the_ladder() {
+    let mut h = Harness::pair();
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(100 * MS, step_started(PG, server, 60));
+    h.run_until(h.t0 + 60_100 * MS);
+    assert_eq!(
+        h.when(&to_leader(PG, 60, Signal::SIGINT)),
+        Some(60_100 * MS)
+    );
+    h.at(60_200 * MS, step_exited(PG, 60, Exit::Code(0)));
+    gave_up(&mut h, 60_201);
+    assert_eq!(h.exit_code(), Some(EXIT_START_FAILED));
+}
+
+#[test]
+fn a_server_step_that_is_ready_has_no_deadline_and_is_stopped_when_the_setup_asks() {
+    let mut h = Harness::pair();
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(100 * MS, step_started(PG, server, 60));
+    h.at(300 * MS, Event::StepReady { id: PG });
+    assert_eq!(
+        h.sup.next_deadline(),
+        None,
+        "ready: no deadline while scripts run"
+    );
+    h.at(90_000 * MS, Event::StepStopWanted { id: PG });
+    assert_eq!(
+        h.when(&to_leader(PG, 60, Signal::SIGINT)),
+        Some(90_000 * MS)
+    );
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(h.t0 + 90_000 * MS + stop::SERVER_STEP_STOP)
+    );
+    h.at(90_100 * MS, step_exited(PG, 60, Exit::Code(0)));
+    assert_eq!(h.sup.next_deadline(), None);
+    h.at(
+        90_110 * MS,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    h.at(90_300 * MS, Event::Ready { id: PG });
+    assert_eq!(h.when(&Action::Start(APP)), Some(90_300 * MS));
+    assert_eq!(h.exit_code(), None);
+}
+
+#[test]
+fn postgres_never_ready_is_stopped_through_its_ladder_within_the_budget() {
+    let mut defs = pair_defs();
+    defs[0] = defs[0].clone().start_timeout(Some(Duration::from_secs(1)));
+    let mut h = Harness::new(build(Duration::from_secs(3), defs), Duration::from_secs(3));
+    h.at(
+        100 * MS,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    h.run_to_end();
+    // Ready deadline at 1.1 s; budget 3 s from there (end 4.1 s, grace 0.3 s, step 0.25 s).
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(1100 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(3550 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGKILL)), Some(3800 * MS));
+    assert_eq!(
+        h.log.last(),
+        Some(&(
+            4100 * MS,
+            Action::Exit {
+                code: EXIT_START_FAILED
+            }
+        ))
+    );
+    assert!(!h.actions().contains(&Action::Start(APP)));
+}
+
+#[test]
+fn an_external_service_gates_its_dependents_on_its_probe_and_is_never_started() {
+    let db = HealthSpec {
+        probe_kind: "postgres",
+        ..http_health(OnUnhealthy::Report)
+    };
+    let defs = vec![
+        ServiceDef::external("db", db),
+        ServiceDef::daemon("app")
+            .main(true)
+            .after("db", Condition::Healthy),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    assert_eq!(h.actions(), vec![Action::Probe(0)], "probed, not started");
+    h.probe_at(5, 0, fail("connection refused"));
+    h.run_until(h.t0 + 255 * MS);
+    assert_eq!(probes_at(&h, 0), vec![Duration::ZERO, 255 * MS]);
+    let verdict = h.sup.verdict(&[], h.now);
+    assert_eq!(verdict.services[0].state, verdict::State::Starting);
+    assert_eq!(verdict.services[1].state, verdict::State::NotRunning);
+    h.probe_at(300, 0, Outcome::Ok);
+    assert_eq!(h.when(&Action::Start(APP)), Some(300 * MS));
+    h.at(
+        301 * MS,
+        Event::Started {
+            id: APP,
+            pid: Pid::from_raw(20),
+        },
+    );
+    // The database going away is reported; the app is not stopped for it.
+    for t in [5300, 10_300, 15_300] {
+        h.run_until(h.t0 + Duration::from_millis(t));
+        h.probe_at(t + 1, 0, fail("connection refused"));
+    }
+    assert_eq!(h.sup.health(0), (Some(Health::Unhealthy), 3));
+    assert!(!h
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Signal { .. })));
+    let verdict = h
+        .sup
+        .verdict(&[Some(probe(fail("connection refused"))), None], h.now);
+    assert!(!verdict.healthy);
+    assert_eq!(verdict.services[0].tries, Some(4));
+    // A stop has nothing to signal for it.
+    h.at(20_000 * MS, Event::Signal(Signal::SIGTERM));
+    h.at(
+        20_050 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.log.last(), Some(&(20_050 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn after_a_stop_an_app_ended_by_its_stop_signal_exits_0_unless_told_otherwise() {
+    for (mode, exit, want) in [
+        (StopExit::Clean, Exit::Signal(15), 0),
+        (StopExit::App, Exit::Signal(15), 143),
+        (StopExit::Clean, Exit::Signal(9), 137),
+        (StopExit::Clean, Exit::Code(3), 3),
+    ] {
+        let settings = Settings {
+            budget: B9,
+            stop_exit: mode,
+        };
+        let mut h = Harness::with(build(B9, pair_defs()), settings);
+        h.up();
+        h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+        h.at(1100 * MS, Event::Exited { id: APP, exit });
+        h.at(
+            1200 * MS,
+            Event::Exited {
+                id: PG,
+                exit: Exit::Code(0),
+            },
+        );
+        assert_eq!(h.exit_code(), Some(want), "{mode:?} {exit}");
+    }
+    // Killed by SIGTERM from someone else, with no stop asked for: its own code.
+    let mut h = Harness::pair();
+    h.up();
+    h.at(
+        1100 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(15),
+        },
+    );
+    h.at(
+        1200 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.exit_code(), Some(143));
+}
+
+#[test]
+fn the_verdict_says_which_step_a_starting_service_is_in_and_a_completed_oneshot_is_ok() {
+    let mut defs = pair_defs();
+    defs.push(ServiceDef::oneshot("migrate"));
+    let mut h = Harness::new(build(B9, defs), B9);
+    h.at(
+        10 * MS,
+        step_started(PG, step("init script 01.sql", StepKind::Task, None), 70),
+    );
+    h.at(
+        20 * MS,
+        Event::Started {
+            id: 2,
+            pid: Pid::from_raw(30),
+        },
+    );
+    h.at(
+        30 * MS,
+        Event::Exited {
+            id: 2,
+            exit: Exit::Code(0),
+        },
+    );
+    let v = h.sup.verdict(&[], h.now);
+    assert!(!v.healthy);
+    assert_eq!(v.services[PG].state, verdict::State::Starting);
+    assert_eq!(v.services[PG].detail.as_deref(), Some("init script 01.sql"));
+    assert_eq!(v.services[APP].state, verdict::State::NotRunning);
+    assert_eq!(v.services[2].state, verdict::State::Ok);
+    assert!(v.services[2].healthy);
+}
