@@ -7,10 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tandem::config;
-use tandem::control::{self, HealthReport, Request, Response, ServiceHealth};
-use tandem::process::Reaper;
-use tandem::runtime;
+use tandem::api::{self, HealthReport, Reaper, Request, Response, ServiceHealth};
 
 const AFTER_HELP: &str = "\
 Zero configuration: with POSTGRES_* variables set (or TANDEM_POSTGRES=on), tandem
@@ -85,7 +82,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Give up after this long (e.g. 10s, 500ms).
-        #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = api::parse_duration)]
         timeout: Duration,
     },
     /// Show the running tandem's services: state, health, pid, uptime, restarts, last probe.
@@ -98,7 +95,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tandem::logs::init(std::env::var("TANDEM_LOG_FORMAT").is_ok_and(|v| v == "json"));
+    api::init_logs(std::env::var("TANDEM_LOG_FORMAT").is_ok_and(|v| v == "json"));
     let code = match cli.command {
         None => run(cli.cmd),
         Some(Command::Run { cmd }) => run(cmd),
@@ -133,10 +130,10 @@ fn check(cmd: Vec<OsString>) -> i32 {
     let (env, os_env) = environment();
     // Finding PostgreSQL runs `pg_config` and `postgres --version`; someone must reap them.
     let reaper = Reaper::new();
-    if let Err(e) = runtime::spawn_reaper_thread(reaper.clone()) {
+    if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
         return fail(&e);
     }
-    match config::from_env(cmd, &env, &os_env, &reaper) {
+    match api::from_env(cmd, &env, &os_env, &reaper) {
         Ok(plan) => {
             print!("{}", plan.describe());
             0
@@ -151,7 +148,7 @@ fn check(cmd: Vec<OsString>) -> i32 {
 fn run(cmd: Vec<OsString>) -> i32 {
     // Block signals before any thread exists, so every thread inherits the mask and only
     // the signal thread ever sees them.
-    let set = match runtime::block_signals() {
+    let set = match api::block_signals() {
         Ok(set) => set,
         Err(e) => return fail(&e),
     };
@@ -163,11 +160,11 @@ fn run(cmd: Vec<OsString>) -> i32 {
     }
     let reaper = Reaper::new();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    if let Err(e) = runtime::spawn_signal_thread(set, reaper.clone(), tx.clone()) {
+    if let Err(e) = api::spawn_signal_thread(set, reaper.clone(), tx.clone()) {
         return fail(&e);
     }
     let (env, os_env) = environment();
-    let plan = match config::from_env(cmd, &env, &os_env, &reaper) {
+    let plan = match api::from_env(cmd, &env, &os_env, &reaper) {
         Ok(plan) => plan,
         Err(e) => {
             tracing::error!("{}", e.message);
@@ -181,13 +178,13 @@ fn run(cmd: Vec<OsString>) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the event loop: {e}")),
     };
-    rt.block_on(runtime::run(plan, reaper, rx, tx))
+    rt.block_on(api::run(plan, reaper, rx, tx))
 }
 
 /// Where the running tandem listens: the same rule as when it started.
 fn socket_path() -> PathBuf {
     let get = |k: &str| std::env::var(k).ok();
-    config::socket_path(
+    api::socket_path(
         get("TANDEM_SOCKET").as_deref(),
         get("XDG_RUNTIME_DIR").as_deref(),
     )
@@ -217,7 +214,7 @@ fn unhealthy(reason: &str, json: bool) -> i32 {
 }
 
 fn healthcheck(json: bool, timeout: Duration) -> i32 {
-    match control::request(&socket_path(), Request::Health, timeout) {
+    match api::request(&socket_path(), Request::Health, timeout) {
         Ok(Response::Health(report)) => report_health(&report, json),
         Ok(Response::Error { message }) => unhealthy(&message, json),
         Ok(_) => unhealthy("unexpected answer from tandem", json),
@@ -229,7 +226,7 @@ fn healthcheck(json: bool, timeout: Duration) -> i32 {
 /// tandem's socket is out of reach.
 fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
     let (env, os_env) = environment();
-    let probes = match config::direct_probes(&env, &os_env) {
+    let probes = match api::direct_probes(&env, &os_env) {
         Ok(p) if p.is_empty() => {
             return unhealthy(
                 "nothing to probe: set POSTGRES_* or TANDEM_APP_HEALTH_URL",
@@ -240,7 +237,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Err(e) => return unhealthy(&e, json),
     };
     let reaper = Reaper::new();
-    if let Err(e) = runtime::spawn_reaper_thread(reaper.clone()) {
+    if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
         return unhealthy(&e, json);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -251,7 +248,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Err(e) => return unhealthy(&format!("cannot start the event loop: {e}"), json),
     };
     let results = rt.block_on(async {
-        let prober = tandem::health::Prober::new(reaper)?;
+        let prober = api::Prober::new(reaper)?;
         let each = probes
             .iter()
             .map(|(_, probe, t)| Some((probe.clone(), (*t).min(timeout))))
@@ -271,7 +268,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
 }
 
 fn status(json: bool) -> i32 {
-    let answer = control::request(&socket_path(), Request::Status, Duration::from_secs(5));
+    let answer = api::request(&socket_path(), Request::Status, Duration::from_secs(5));
     let message = match answer {
         Ok(Response::Status(report)) => {
             if json {
@@ -291,5 +288,5 @@ fn status(json: bool) -> i32 {
 
 fn fail(message: &str) -> i32 {
     tracing::error!("{message}");
-    tandem::supervisor::EXIT_START_FAILED
+    api::EXIT_START_FAILED
 }

@@ -327,7 +327,7 @@ mod tests {
             &map,
             &os,
             // Finding PostgreSQL waits for `pg_config`: the test binary's reaper collects it.
-            &crate::postgres::testutil::reaper(),
+            &crate::testutil::reaper(),
         )
     }
 

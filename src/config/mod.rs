@@ -17,7 +17,7 @@ use crate::supervisor::{self, HealthSpec, OnUnhealthy, Spec};
 
 mod env;
 
-pub use env::{direct_probes, from_env, PlanError};
+pub use env::{direct_probes, from_env};
 
 /// Docker waits 10 s between SIGTERM and SIGKILL; 9 s leaves tandem a second to spare.
 pub const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(9);

@@ -206,7 +206,7 @@ fn first_line_of(spec: ChildSpec, settings: &Settings, reaper: &Reaper) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::testutil;
+    use crate::testutil;
 
     #[test]
     fn version_keys_compare_numerically() {

@@ -568,9 +568,9 @@ pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
 mod tests {
     use super::*;
     use crate::logs;
-    use crate::postgres::testutil::{self, TempDir};
     use crate::postgres::{app_env, locate_binaries, server_spec, wait_ready};
     use crate::process::{ChildSpec, Exit};
+    use crate::testutil::{self, TempDir};
     use nix::sys::signal::Signal;
     use nix::unistd::Pid;
     use std::collections::HashMap;

@@ -21,8 +21,6 @@ pub mod ready;
 mod scripts;
 pub mod settings;
 pub mod steps;
-#[cfg(test)]
-pub(crate) mod testutil;
 
 pub use binaries::{locate_binaries, Binaries};
 pub use first_start::prepare;

@@ -174,6 +174,7 @@ impl Supervisor {
 
 impl Supervisor {
     /// The health of a service as the supervisor last saw it, and its failures in a row.
+    #[cfg(test)]
     pub fn health(&self, id: Id) -> (Option<Health>, u32) {
         let h = &self.svcs[id].health;
         (h.health, h.failures)

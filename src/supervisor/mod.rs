@@ -375,10 +375,6 @@ impl Supervisor {
         self.timers.next()
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_some()
-    }
-
     pub fn name(&self, id: Id) -> &str {
         &self.svcs[id].spec.name
     }

@@ -32,6 +32,7 @@ pub enum Phase {
 }
 
 impl Phase {
+    #[cfg(test)]
     pub const ALL: [Phase; 6] = [
         Phase::Waiting,
         Phase::Starting,
@@ -101,6 +102,7 @@ pub enum InputKind {
 }
 
 impl InputKind {
+    #[cfg(test)]
     pub const ALL: [InputKind; 12] = [
         InputKind::Start,
         InputKind::Blocked,
