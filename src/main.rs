@@ -14,23 +14,25 @@ Zero configuration: with POSTGRES_* variables set (or TANDEM_POSTGRES=on), tande
 initialises and starts the embedded PostgreSQL exactly as the official postgres image
 would, waits until it accepts connections, then runs CMD with DATABASE_URL and PG*
 pointing at it. SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
-shutdown) within TANDEM_STOP_TIMEOUT (default 9s); tandem exits with the app's code.
+shutdown) within TANDEM_STOP_TIMEOUT (default 9s).
 
 Environment: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (and their _FILE variants),
 POSTGRES_INITDB_ARGS, POSTGRES_INITDB_WALDIR, POSTGRES_HOST_AUTH_METHOD, PGDATA, PGPORT,
-PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_APP_USER,
-TANDEM_APP_STOP_SIGNAL, TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR,
-TANDEM_PG_SOCKET_DIR, TANDEM_DATABASE_URL_AS (NAME=SCHEME,...: the database URL under
-the app's own names and schemes), TANDEM_SOCKET (default /run/tandem.sock as root), TANDEM_LOG_FORMAT (json),
-TANDEM_LOG (debug|info|warn).
+PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_STOP_EXIT
+(clean|app), TANDEM_PG_START_TIMEOUT, TANDEM_APP_USER, TANDEM_APP_STOP_SIGNAL,
+TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR, TANDEM_PG_SOCKET_DIR, TANDEM_DATABASE_URL_AS
+(NAME=SCHEME,...: the database URL under the app's own names and schemes), TANDEM_SOCKET
+(default /run/tandem.sock as root), TANDEM_LOG_FORMAT (json), TANDEM_LOG (debug|info|warn).
 
 Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD give the app a
 probe; PostgreSQL always has one. TANDEM_{APP,PG}_HEALTH_{INTERVAL,TIMEOUT,RETRIES,START_PERIOD}
 and TANDEM_{APP,PG}_ON_UNHEALTHY (restart|report) tune them.
 
-Exit codes: the app's (128+N if killed by signal N); 1 tandem could not start (bad
-input, initialisation failed); 2 usage; 3 a required service failed while running;
-126/127 the command is not executable / not found.";
+Exit codes: 0 after a stop that went as asked (the app ended by tandem's stop signal, or
+never ran; TANDEM_STOP_EXIT=app keeps the app's code); else the app's (128+N if killed by
+signal N); 1 tandem could not start (bad input, initialisation failed, PostgreSQL not ready
+in time); 2 usage; 3 a required service failed while running; 126/127 the command is not
+executable / not found.";
 
 #[derive(Parser)]
 #[command(
