@@ -43,6 +43,10 @@ executable / not found.";
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// The config file (default: TANDEM_CONFIG, else /etc/tandem/tandem.toml when it
+    /// exists, else the environment alone).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     /// The app to run (same as `tandem run -- CMD...`).
@@ -99,9 +103,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     api::init_logs(std::env::var("TANDEM_LOG_FORMAT").is_ok_and(|v| v == "json"));
     let code = match cli.command {
-        None => run(cli.cmd),
-        Some(Command::Run { cmd }) => run(cmd),
-        Some(Command::Check { cmd }) => check(cmd),
+        None => run(cli.config, cli.cmd),
+        Some(Command::Run { cmd }) => run(cli.config, cmd),
+        Some(Command::Check { cmd }) => check(cli.config, cmd),
         Some(Command::Healthcheck {
             direct: false,
             json,
@@ -128,26 +132,29 @@ fn environment() -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
     (text, os)
 }
 
-fn check(cmd: Vec<OsString>) -> i32 {
+fn check(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
     let (env, os_env) = environment();
     // Finding PostgreSQL runs `pg_config` and `postgres --version`; someone must reap them.
     let reaper = Reaper::new();
     if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
         return fail(&e);
     }
-    match api::from_env(cmd, &env, &os_env, &reaper) {
+    match api::load(config, cmd, &env, &os_env, &reaper) {
         Ok(plan) => {
             print!("{}", plan.describe());
             0
         }
         Err(e) => {
-            tracing::error!("{}", e.message);
+            // One line per problem: a config file's are all reported at once.
+            for line in e.message.lines() {
+                tracing::error!("{line}");
+            }
             e.code
         }
     }
 }
 
-fn run(cmd: Vec<OsString>) -> i32 {
+fn run(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
     // Block signals before any thread exists, so every thread inherits the mask and only
     // the signal thread ever sees them.
     let set = match api::block_signals() {
@@ -166,10 +173,13 @@ fn run(cmd: Vec<OsString>) -> i32 {
         return fail(&e);
     }
     let (env, os_env) = environment();
-    let plan = match api::from_env(cmd, &env, &os_env, &reaper) {
+    let plan = match api::load(config, cmd, &env, &os_env, &reaper) {
         Ok(plan) => plan,
         Err(e) => {
-            tracing::error!("{}", e.message);
+            // One line per problem: a config file's are all reported at once.
+            for line in e.message.lines() {
+                tracing::error!("{line}");
+            }
             return e.code;
         }
     };

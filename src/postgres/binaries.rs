@@ -113,6 +113,20 @@ fn find_dir(
     ))
 }
 
+/// Where PostgreSQL is installed, as far as a quick look tells (PG_BINDIR, the Debian
+/// layout, PATH), without running anything: for deciding whether to embed it at all.
+pub fn installed(env: &HashMap<String, String>) -> Option<PathBuf> {
+    if let Some(dir) = env.get("PG_BINDIR").filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return check_dir(&dir).is_ok().then_some(dir);
+    }
+    if let Some(dir) = newest_debian_dir(Path::new(DEBIAN_ROOT)) {
+        return Some(dir);
+    }
+    let path = env.get("PATH")?;
+    std::env::split_paths(path).find(|d| check_dir(d).is_ok())
+}
+
 /// Ok when `dir` holds every required program, each executable.
 fn check_dir(dir: &Path) -> Result<(), String> {
     for name in REQUIRED {

@@ -357,6 +357,7 @@ impl Ctx<'_> {
             .arg(s.port.to_string())
             .arg("-k")
             .arg(&s.socket_dir)
+            .args(super::settings_args(s))
             .user(s.os_user.clone())
             .cwd("/");
         let mut server = self.steps.spawn(

@@ -165,6 +165,7 @@ fn start_command(
     let mut spec = ChildSpec::new(&c.program).user(c.user.clone());
     spec.argv = c.argv.clone();
     spec.env = Env::Exactly(c.env.clone());
+    spec.cwd = c.working_dir.clone();
     match reaper.spawn(spec) {
         Ok(mut spawned) => {
             let output = logs::pump_spawned(name, &mut spawned);

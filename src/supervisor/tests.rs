@@ -522,7 +522,7 @@ fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
             exit: Exit::Code(0),
         },
     );
-    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+    assert_eq!(h.exit_code(), Some(2), "the oneshot's own code: it is the cause");
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
 
@@ -725,6 +725,7 @@ fn in_phase(phase: Phase) -> (Harness, Id) {
         ServiceDef::oneshot("gate"),
         ServiceDef::database("db")
             .main(true)
+            .restart(Some(table::default_restart()))
             .after("gate", Condition::Completed),
     ];
     let mut h = Harness::new(build(B9, defs), B9);
@@ -752,11 +753,18 @@ fn in_phase(phase: Phase) -> (Harness, Id) {
         Phase::Waiting => 0,
         Phase::Starting => 2,
         Phase::Running => 3,
-        Phase::Ready => 4,
+        Phase::Ready | Phase::Backoff => 4,
         Phase::Stopping => 5,
         Phase::Done => 6,
     };
     script.truncate(upto);
+    if phase == Phase::Backoff {
+        // A failure after it was ready: its restart policy holds it back for a while.
+        script.push(Event::Exited {
+            id: DB,
+            exit: Exit::Code(1),
+        });
+    }
     for (i, ev) in script.into_iter().enumerate() {
         h.at(Duration::from_millis(i as u64), ev);
     }
@@ -787,53 +795,61 @@ fn input_of(kind: table::InputKind) -> Input {
         K::Restart => Input::Restart,
         K::Escalate => Input::Escalate("test"),
         K::Deadline => Input::Deadline,
+        K::Retry => Input::Retry,
     }
 }
 
 /// The phase each cell leaves the service in. Rows are phases, columns the inputs in
 /// `InputKind::ALL` order: Start, Blocked, Spawned, Ready, StartFailed, Exited,
-/// StepStarted, StepExited, Stop, Restart, Escalate, Deadline. A cell that begins the
-/// shutdown keeps its phase: the stop reaches the service through `Stop`.
+/// StepStarted, StepExited, Stop, Restart, Escalate, Deadline, Retry. A cell that begins
+/// the shutdown keeps its phase: the stop reaches the service through `Stop`.
 #[test]
 fn every_phase_and_input_pair_has_its_cell() {
     use Phase::*;
-    let table: [(Phase, [Phase; 12]); 6] = [
+    let table: [(Phase, [Phase; 13]); 7] = [
         (
             Waiting,
             [
                 Starting, Done, Waiting, Waiting, Waiting, Waiting, Waiting, Waiting, Done,
-                Waiting, Waiting, Waiting,
+                Waiting, Waiting, Waiting, Waiting,
+            ],
+        ),
+        (
+            Backoff,
+            [
+                Backoff, Backoff, Backoff, Backoff, Backoff, Backoff, Backoff, Backoff, Done,
+                Backoff, Backoff, Backoff, Waiting,
             ],
         ),
         (
             Starting,
             [
                 Starting, Starting, Running, Starting, Done, Starting, Starting, Starting,
-                Stopping, Starting, Starting, Starting,
+                Stopping, Starting, Starting, Starting, Starting,
             ],
         ),
         (
             Running,
             [
                 Running, Running, Running, Ready, Running, Done, Running, Running, Stopping,
-                Stopping, Running, Running,
+                Stopping, Running, Running, Running,
             ],
         ),
         (
             Ready,
             [
                 Ready, Ready, Ready, Ready, Ready, Done, Ready, Ready, Stopping, Stopping, Ready,
-                Ready,
+                Ready, Ready,
             ],
         ),
         (
             Stopping,
             [
                 Stopping, Stopping, Stopping, Stopping, Done, Done, Stopping, Stopping, Stopping,
-                Stopping, Stopping, Stopping,
+                Stopping, Stopping, Stopping, Stopping,
             ],
         ),
-        (Done, [Done; 12]),
+        (Done, [Done; 13]),
     ];
     let mut walked = 0;
     for (phase, row) in table {
@@ -1114,8 +1130,8 @@ fn after_a_stop_an_app_ended_by_its_stop_signal_exits_0_unless_told_otherwise() 
         (StopExit::Clean, Exit::Code(3), 3),
     ] {
         let settings = Settings {
-            budget: B9,
             stop_exit: mode,
+            ..Settings::new(B9)
         };
         let mut h = Harness::with(build(B9, pair_defs()), settings);
         h.up();
