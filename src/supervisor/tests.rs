@@ -522,7 +522,11 @@ fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
             exit: Exit::Code(0),
         },
     );
-    assert_eq!(h.exit_code(), Some(2), "the oneshot's own code: it is the cause");
+    assert_eq!(
+        h.exit_code(),
+        Some(2),
+        "the oneshot's own code: it is the cause"
+    );
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
 
@@ -1196,4 +1200,326 @@ fn the_verdict_says_which_step_a_starting_service_is_in_and_a_completed_oneshot_
     assert_eq!(v.services[APP].state, verdict::State::NotRunning);
     assert_eq!(v.services[2].state, verdict::State::Ok);
     assert!(v.services[2].healthy);
+}
+
+// ---------------------------------------------------------------------------------------
+// The service graph: layers, conditions, backoff, the restart window, the budget split.
+
+fn restarting(spec: RestartSpec) -> Harness {
+    let defs = vec![ServiceDef::daemon("worker").restart(Some(spec))];
+    Harness::new(build(B9, defs), B9)
+}
+
+fn backoff_spec(jitter: f64) -> RestartSpec {
+    RestartSpec {
+        on_failure_only: true,
+        delay: Duration::from_millis(100),
+        factor: 2.0,
+        max_delay: Duration::from_millis(500),
+        jitter,
+        max_restarts: 5,
+        window: Duration::from_secs(60),
+        reset_after: Duration::from_secs(10),
+    }
+}
+
+/// Runs the worker (id 0) through `n` crashes at 10 ms after each start; the instants its
+/// Start actions came, from the first.
+fn crash_loop(h: &mut Harness, n: usize) -> Vec<Duration> {
+    let mut starts = vec![];
+    for i in 0..n {
+        let at = h
+            .log
+            .iter()
+            .filter(|(_, a)| *a == Action::Start(0))
+            .nth(i)
+            .map(|(t, _)| *t);
+        let Some(at) = at else {
+            h.run_until(h.t0 + Duration::from_secs(3600));
+            match h.log.iter().filter(|(_, a)| *a == Action::Start(0)).nth(i) {
+                Some((t, _)) => starts.push(*t),
+                None => return starts,
+            }
+            continue;
+        };
+        starts.push(at);
+        h.at(
+            at,
+            Event::Started {
+                id: 0,
+                pid: Pid::from_raw(40 + i as i32),
+            },
+        );
+        h.at(
+            at + 10 * MS,
+            Event::Exited {
+                id: 0,
+                exit: Exit::Code(1),
+            },
+        );
+        h.run_until(h.t0 + Duration::from_secs(3600));
+    }
+    starts
+}
+
+#[test]
+fn restarts_back_off_exponentially_up_to_the_cap_then_give_up_and_stop_the_container() {
+    let mut h = restarting(backoff_spec(0.0));
+    let starts = crash_loop(&mut h, 8);
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0] - 10 * MS).as_millis())
+        .collect();
+    // 100, 200, 400, then the 500 ms cap; 5 restarts, then it has failed for good.
+    assert_eq!(gaps, [100, 200, 400, 500, 500]);
+    assert_eq!(h.sup.status(h.now)[0].restarts, 5);
+    assert_eq!(
+        h.exit_code(),
+        Some(EXIT_SERVICE_FAILED),
+        "required: the container stops"
+    );
+}
+
+#[test]
+fn jitter_stays_within_its_bounds_and_differs_between_restarts() {
+    let mut seen = Vec::new();
+    for seed in 1..20u64 {
+        let settings = Settings {
+            seed,
+            ..Settings::new(B9)
+        };
+        let defs = vec![ServiceDef::daemon("worker").restart(Some(backoff_spec(0.2)))];
+        let mut h = Harness::with(build(B9, defs), settings);
+        let starts = crash_loop(&mut h, 3);
+        for (i, w) in starts.windows(2).enumerate() {
+            let gap = (w[1] - w[0] - 10 * MS).as_secs_f64() * 1000.0;
+            let base = 100.0 * 2f64.powi(i as i32);
+            assert!(
+                gap >= base * 0.8 - 0.001 && gap <= base * 1.2 + 0.001,
+                "seed {seed}, restart {i}: {gap} ms is outside {base} +-20 %"
+            );
+            seen.push(gap.round() as u64);
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert!(seen.len() > 10, "jitter should vary the delays: {seen:?}");
+}
+
+#[test]
+fn the_restart_window_forgets_old_restarts_and_staying_ready_resets_the_delay() {
+    let spec = RestartSpec {
+        max_restarts: 2,
+        window: Duration::from_secs(5),
+        reset_after: Duration::from_secs(3),
+        ..backoff_spec(0.0)
+    };
+    let mut h = restarting(spec);
+    // Two quick crashes use up the window.
+    let starts = crash_loop(&mut h, 2);
+    assert_eq!(starts.len(), 2);
+    // Third start, stays ready for 4 s (past reset_after), crashes: delay back to 100 ms.
+    h.run_until(h.t0 + Duration::from_secs(3600));
+    let third = h
+        .log
+        .iter()
+        .filter(|(_, a)| *a == Action::Start(0))
+        .nth(2)
+        .map(|(t, _)| *t)
+        .expect("third start");
+    h.at(
+        third,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(90),
+        },
+    );
+    let crash = third + Duration::from_secs(6);
+    h.at(
+        crash,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(1),
+        },
+    );
+    assert_eq!(
+        h.exit_code(),
+        None,
+        "the first two restarts fell out of the window"
+    );
+    h.run_until(h.t0 + crash + Duration::from_secs(1));
+    let fourth = h
+        .log
+        .iter()
+        .filter(|(_, a)| *a == Action::Start(0))
+        .nth(3)
+        .map(|(t, _)| *t);
+    assert_eq!(
+        fourth,
+        Some(crash + 100 * MS),
+        "the delay starts over after a stable run"
+    );
+    // An exit 0 is not a failure: on-failure does not restart it; not main, so it failed.
+    h.at(
+        crash + 100 * MS,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(91),
+        },
+    );
+    h.at(
+        crash + 200 * MS,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+}
+
+/// db (external) <- migrate (oneshot) <- api, worker; cache (external) <- worker.
+fn graph_defs() -> Vec<ServiceDef> {
+    let probe = || HealthSpec {
+        probe_kind: "tcp",
+        ..http_health(OnUnhealthy::Report)
+    };
+    vec![
+        ServiceDef::external("db", probe()),
+        ServiceDef::external("cache", probe()),
+        ServiceDef::oneshot("migrate").after("db", Condition::Healthy),
+        ServiceDef::daemon("api")
+            .main(true)
+            .after("migrate", Condition::Completed)
+            .after("db", Condition::Healthy)
+            .stop_timeout(Some(Duration::from_secs(3))),
+        ServiceDef::daemon("worker")
+            .after("api", Condition::Started)
+            .after("cache", Condition::Healthy)
+            .stop_timeout(Some(Duration::from_secs(2))),
+    ]
+}
+
+#[test]
+fn a_graph_starts_in_layers_each_the_moment_its_condition_holds() {
+    let (db, cache, migrate, api, worker) = (0, 1, 2, 3, 4);
+    let mut h = Harness::new(build(B9, graph_defs()), B9);
+    assert_eq!(h.actions(), vec![Action::Probe(db), Action::Probe(cache)]);
+    h.probe_at(50, cache, Outcome::Ok);
+    assert_eq!(h.when(&Action::Start(migrate)), None, "db is not up yet");
+    h.probe_at(120, db, Outcome::Ok);
+    assert_eq!(h.when(&Action::Start(migrate)), Some(120 * MS));
+    h.at(
+        125 * MS,
+        Event::Started {
+            id: migrate,
+            pid: Pid::from_raw(30),
+        },
+    );
+    assert_eq!(
+        h.when(&Action::Start(api)),
+        None,
+        "migrate has not completed"
+    );
+    h.at(
+        400 * MS,
+        Event::Exited {
+            id: migrate,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.when(&Action::Start(api)), Some(400 * MS));
+    assert_eq!(h.when(&Action::Start(worker)), None, "api has not started");
+    h.at(
+        401 * MS,
+        Event::Started {
+            id: api,
+            pid: Pid::from_raw(31),
+        },
+    );
+    assert_eq!(h.when(&Action::Start(worker)), Some(401 * MS));
+}
+
+#[test]
+fn a_graph_stops_in_reverse_each_service_keeping_its_share_of_the_budget() {
+    let specs = build(B9, graph_defs());
+    let (signals, exit_at) = stop::rehearse(specs, Settings::new(B9));
+    let at = |svc: &str, sig: Signal| {
+        signals
+            .iter()
+            .find(|r| r.service == svc && r.signal == sig)
+            .map(|r| r.at)
+    };
+    // worker first (its own 2 s, less nothing after it but api's 3 s and the 0.5 s grace).
+    assert_eq!(at("worker", Signal::SIGTERM), Some(Duration::ZERO));
+    assert_eq!(
+        at("api", Signal::SIGTERM),
+        Some(Duration::from_secs(2)),
+        "after worker"
+    );
+    assert_eq!(at("worker", Signal::SIGKILL), Some(Duration::from_secs(2)));
+    assert_eq!(at("api", Signal::SIGKILL), Some(Duration::from_secs(5)));
+    assert!(
+        at("db", Signal::SIGTERM).is_none(),
+        "external: nothing to signal"
+    );
+    assert!(exit_at <= B9, "{exit_at:?}");
+}
+
+#[test]
+fn a_dependency_that_failed_for_good_stops_the_container_instead_of_a_hang() {
+    let defs = vec![
+        ServiceDef::oneshot("migrate").required(false),
+        ServiceDef::daemon("api")
+            .main(true)
+            .after("migrate", Condition::Completed),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    h.at(
+        10 * MS,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(30),
+        },
+    );
+    h.at(
+        20 * MS,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(4),
+        },
+    );
+    // Not required, so its own failure does not stop the container; but api can never
+    // start, and that does.
+    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+    assert!(!h.actions().contains(&Action::Start(1)));
+}
+
+#[test]
+fn a_service_that_is_not_required_may_fail_and_the_others_go_on() {
+    let defs = vec![
+        ServiceDef::daemon("api").main(true),
+        ServiceDef::daemon("metrics").required(false),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    for (id, pid) in [(0, 30), (1, 31)] {
+        h.at(
+            10 * MS,
+            Event::Started {
+                id,
+                pid: Pid::from_raw(pid),
+            },
+        );
+    }
+    h.at(
+        20 * MS,
+        Event::Exited {
+            id: 1,
+            exit: Exit::Code(1),
+        },
+    );
+    assert_eq!(h.exit_code(), None);
+    assert!(!h
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Signal { .. })));
 }
