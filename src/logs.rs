@@ -3,8 +3,9 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
@@ -19,6 +20,47 @@ pub enum Format {
 }
 
 static FORMAT: OnceLock<Format> = OnceLock::new();
+
+/// The width service names are right-aligned to, so every line's `|` is in one column.
+static WIDTH: AtomicUsize = AtomicUsize::new(6);
+
+/// Aligns the prefixes of every service in `names` (and tandem's own).
+pub fn align(names: &[&str]) {
+    let widest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    WIDTH.store(widest.max("tandem".len()), Ordering::Relaxed);
+}
+
+/// `source` right-aligned: `     app | `, `postgres | `, `  tandem | `.
+fn prefix(source: &str) -> String {
+    let width = WIDTH.load(Ordering::Relaxed);
+    format!("{source:>width$} |")
+}
+
+/// Now as RFC 3339 UTC with milliseconds, for JSON lines.
+fn timestamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
 
 /// The copying tasks still running, so the last lines can be flushed before exit.
 static PUMPS: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
@@ -37,9 +79,11 @@ pub enum Stream {
 /// Sets the output format and installs the tracing subscriber for tandem's own events.
 /// `TANDEM_LOG` sets the level (default `info`).
 pub fn init(json: bool) {
+    // https://no-color.org: set and not empty means no colour, even on a terminal.
+    let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let fmt = if json {
         Format::Json
-    } else if std::io::stderr().is_terminal() {
+    } else if std::io::stderr().is_terminal() && !no_colour {
         Format::Colour
     } else {
         Format::Plain
@@ -74,14 +118,23 @@ fn colour_of(name: &str) -> &'static str {
 /// `write` each, so lines from different services never interleave mid-line.
 pub fn emit(source: &str, stream: Stream, line: &str) {
     let text = match format() {
-        Format::Plain => format!("{source} | {line}\n"),
-        Format::Colour => format!("\x1b[{}m{source} |\x1b[0m {line}\n", colour_of(source)),
+        Format::Plain => format!("{} {line}\n", prefix(source)),
+        Format::Colour => format!(
+            "\x1b[{}m{}\x1b[0m {line}\n",
+            colour_of(source),
+            prefix(source)
+        ),
         Format::Json => {
             let stream = match stream {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
-            let obj = serde_json::json!({ "service": source, "stream": stream, "line": line });
+            let obj = serde_json::json!({
+                "ts": timestamp(),
+                "service": source,
+                "stream": stream,
+                "line": line,
+            });
             format!("{obj}\n")
         }
     };
@@ -202,11 +255,13 @@ where
             line.push_str(&format!(" {k}={v}"));
         }
         match format() {
-            Format::Plain => writeln!(writer, "tandem | {line}"),
-            Format::Colour => writeln!(writer, "\x1b[1mtandem |\x1b[0m {line}"),
+            Format::Plain => writeln!(writer, "{} {line}", prefix("tandem")),
+            Format::Colour => writeln!(writer, "\x1b[1m{}\x1b[0m {line}", prefix("tandem")),
             Format::Json => {
                 let mut obj = serde_json::json!({
+                    "ts": timestamp(),
                     "service": "tandem",
+                    "stream": "stderr",
                     "level": level.to_string().to_lowercase(),
                     "line": visitor.message,
                 });
@@ -242,5 +297,33 @@ impl tracing::field::Visit for Collect {
             self.fields
                 .push((field.name().to_string(), value.to_string()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_align_on_the_widest_name_and_timestamps_are_rfc3339() {
+        align(&["postgres", "app", "migrate"]);
+        assert_eq!(prefix("app"), "     app |");
+        assert_eq!(prefix("postgres"), "postgres |");
+        assert_eq!(prefix("tandem"), "  tandem |");
+        align(&[]);
+        assert_eq!(prefix("tandem"), "tandem |");
+        let ts = timestamp();
+        assert_eq!(ts.len(), "2026-12-01T08:27:04.123Z".len(), "{ts}");
+        assert!(
+            ts.starts_with("20") && ts.ends_with('Z') && &ts[10..11] == "T",
+            "{ts}"
+        );
+        let now_year = 1970
+            + SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 31_556_952;
+        assert_eq!(ts[..4].parse::<u64>().unwrap(), now_year, "{ts}");
     }
 }
