@@ -161,24 +161,86 @@ pub fn pump(source: &str, stream: Stream, fd: OwnedFd) -> Option<oneshot::Receiv
     let handle = tokio::spawn(async move {
         let _eof = eof_tx;
         let mut reader = BufReader::new(rx);
-        let mut buf = Vec::with_capacity(256);
+        let mut line = Line::default();
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        buf.pop();
-                    }
-                    emit(&source, stream, &String::from_utf8_lossy(&buf));
-                }
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => chunk,
+            };
+            let n = chunk.len();
+            for text in line.feed(chunk) {
+                emit(&source, stream, &text);
             }
+            reader.consume(n);
+        }
+        if let Some(text) = line.finish() {
+            emit(&source, stream, &text);
         }
     });
     let mut pumps = PUMPS.lock().unwrap_or_else(|p| p.into_inner());
     pumps.retain(|h| !h.is_finished());
     pumps.push(handle);
     Some(eof_rx)
+}
+
+/// The longest line relayed whole; the rest of a longer one is dropped (not held in
+/// memory) and the line ends with a marker saying how much was cut.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// One line being assembled from a child's output. A carriage return starts the line over
+/// (a progress bar redrawing itself), so what is relayed is its final state.
+#[derive(Default)]
+struct Line {
+    buf: Vec<u8>,
+    /// Bytes dropped past [`MAX_LINE`].
+    cut: usize,
+    /// A `\r` was the last byte: a `\n` next ends the line (CRLF), anything else redraws.
+    after_cr: bool,
+}
+
+impl Line {
+    /// Takes `chunk`, returns the lines it completed.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut done = Vec::new();
+        for &b in chunk {
+            match b {
+                b'\n' => {
+                    done.push(self.take());
+                    self.after_cr = false;
+                }
+                b'\r' => self.after_cr = true,
+                _ => {
+                    if self.after_cr {
+                        // Redrawn: only what comes after the carriage return counts.
+                        self.buf.clear();
+                        self.cut = 0;
+                        self.after_cr = false;
+                    }
+                    if self.buf.len() < MAX_LINE {
+                        self.buf.push(b);
+                    } else {
+                        self.cut += 1;
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    fn take(&mut self) -> String {
+        let mut text = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.cut > 0 {
+            text.push_str(&format!(" [... {} more bytes cut]", self.cut));
+        }
+        self.buf.clear();
+        self.cut = 0;
+        text
+    }
+
+    /// What is left at end of file, if anything.
+    fn finish(&mut self) -> Option<String> {
+        (!self.buf.is_empty() || self.cut > 0).then(|| self.take())
+    }
 }
 
 /// The end of one child's output, to be awaited before its exit is reported, so that its
@@ -303,6 +365,40 @@ impl tracing::field::Visit for Collect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut line = Line::default();
+        let mut out: Vec<String> = chunks.iter().flat_map(|c| line.feed(c)).collect();
+        out.extend(line.finish());
+        out
+    }
+
+    #[test]
+    fn a_progress_bar_is_shown_as_its_final_state_and_crlf_is_one_line_end() {
+        assert_eq!(
+            lines(&[
+                b"Loading  10%\rLoading  50%\r",
+                b"Loading 100%\n",
+                b"next\r\n"
+            ]),
+            ["Loading 100%", "next"]
+        );
+        assert_eq!(lines(&[b"a\n\nb"]), ["a", "", "b"]);
+        assert_eq!(lines(&[b"\r\rdone\r"]), ["done"]);
+    }
+
+    #[test]
+    fn a_very_long_line_is_cut_with_a_marker_and_not_held() {
+        let long = vec![b'x'; MAX_LINE + 5000];
+        let mut line = Line::default();
+        assert!(line.feed(&long).is_empty());
+        assert_eq!(line.buf.len(), MAX_LINE, "held no more than the limit");
+        let out = line.feed(b"\nshort\n");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), MAX_LINE + " [... 5000 more bytes cut]".len());
+        assert!(out[0].ends_with(" [... 5000 more bytes cut]"));
+        assert_eq!(out[1], "short");
+    }
 
     #[test]
     fn prefixes_align_on_the_widest_name_and_timestamps_are_rfc3339() {

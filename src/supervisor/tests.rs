@@ -604,10 +604,20 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     assert_eq!(probes_at(&h, APP), vec![401 * MS], "first probe at start");
-    // Failures inside the start period do not count; the cadence is fast until healthy.
+    // Failures inside the start period do not count; until healthy the probes come 10 ms
+    // after an answer, then 15, then at most 20: noticed within 20 ms of answering.
     h.probe_at(402, APP, fail("connection refused"));
-    h.run_until(h.t0 + 652 * MS);
-    assert_eq!(probes_at(&h, APP), vec![401 * MS, 652 * MS]);
+    h.run_until(h.t0 + 412 * MS);
+    h.probe_at(413, APP, fail("connection refused"));
+    h.run_until(h.t0 + 428 * MS);
+    h.probe_at(429, APP, fail("connection refused"));
+    h.run_until(h.t0 + 449 * MS);
+    h.probe_at(450, APP, fail("connection refused"));
+    h.run_until(h.t0 + 470 * MS);
+    assert_eq!(
+        probes_at(&h, APP),
+        vec![401 * MS, 412 * MS, 428 * MS, 449 * MS, 470 * MS]
+    );
     h.probe_at(660, APP, Outcome::Ok);
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
     // Healthy: the next probe comes an interval later.
@@ -1084,8 +1094,12 @@ fn an_external_service_gates_its_dependents_on_its_probe_and_is_never_started() 
     let mut h = Harness::new(build(B9, defs), B9);
     assert_eq!(h.actions(), vec![Action::Probe(0)], "probed, not started");
     h.probe_at(5, 0, fail("connection refused"));
-    h.run_until(h.t0 + 255 * MS);
-    assert_eq!(probes_at(&h, 0), vec![Duration::ZERO, 255 * MS]);
+    h.run_until(h.t0 + 15 * MS);
+    assert_eq!(
+        probes_at(&h, 0),
+        vec![Duration::ZERO, 15 * MS],
+        "10 ms apart at first"
+    );
     let verdict = h.sup.verdict(&[], h.now);
     assert_eq!(verdict.services[0].state, verdict::State::Starting);
     assert_eq!(verdict.services[1].state, verdict::State::NotRunning);
