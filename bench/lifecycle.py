@@ -421,7 +421,7 @@ class Bench:
         try:
             # Not the first connection: that may be the temporary socket-only server of the
             # first start; the app starting means the real server is up and init is complete.
-            poll_until(lambda: t.first_line(r"^tandem \| app started") is not None, now() + 120, t,
+            poll_until(lambda: t.first_line(r"^\s*tandem \| app started") is not None, now() + 120, t,
                        "the first start to complete (tandem's 'app started')")
         finally:
             t.signal(signal.SIGTERM)
@@ -509,16 +509,16 @@ class Bench:
         try:
             t, t0, wall0, t_ok = self.start_tandem("tandem")
             r["start"] = t_ok - t0
-            ready = t.first_line(r"^tandem \| postgres is ready")
-            spawned = t.first_line(r"^tandem \| app started")
+            ready = t.first_line(r"^\s*tandem \| postgres is ready")
+            spawned = t.first_line(r"^\s*tandem \| app started")
             r["pg_ready"] = ready[0] - t0 if ready else None
             r["pg_self_ready"] = pg_log_time(t, wall0)
             r["pg_self_start"] = pg_log_time(t, wall0, "starting PostgreSQL")
-            first = t.first_line(r"^app \| ")
+            first = t.first_line(r"^\s*app \| ")
             r["app_first_line"] = first[0] - spawned[0] if first and spawned else None
             r["cpu_at_healthy"] = cpu_ns(t.pid)
             r["timeline"] = [(tm - t0, text) for tm, text in list(t.lines) if tm <= t_ok]
-            pg_started = t.first_line(r"^tandem \| postgres started")
+            pg_started = t.first_line(r"^\s*tandem \| postgres started")
             r["pg_spawn"] = pg_started[0] - t0 if pg_started else None
             r["app_spawn"] = spawned[0] - t0 if spawned else None
             r["app_up"] = t_ok - spawned[0] if spawned else None
@@ -528,8 +528,8 @@ class Bench:
             r["stop"] = s1 - s0
             r["code"] = f"tandem {code}"
             r["stop_timeline"] = [(tm - s0, text) for tm, text in list(t.lines) if tm >= s0]
-            app_gone = t.first_line(r"^tandem \| app .*after stopping", after=s0)
-            pg_sigint = t.first_line(r"^tandem \| stopping postgres", after=s0)
+            app_gone = t.first_line(r"^\s*tandem \| app .*after stopping", after=s0)
+            pg_sigint = t.first_line(r"^\s*tandem \| stopping postgres", after=s0)
             r["stop_app"] = app_gone[0] - s0 if app_gone else None
             r["stop_pg"] = s1 - pg_sigint[0] if pg_sigint else None
         finally:

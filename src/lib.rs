@@ -13,11 +13,25 @@
 //! - [`runtime`]: the event loop: signals, the reaper, timers; feeds the supervisor and
 //!   carries out its actions.
 
-pub mod config;
-pub mod control;
-pub mod health;
-pub mod logs;
-pub mod postgres;
-pub mod process;
-pub mod runtime;
-pub mod supervisor;
+mod config;
+mod control;
+mod health;
+mod logs;
+mod postgres;
+mod process;
+mod runtime;
+mod supervisor;
+#[cfg(test)]
+mod testutil;
+
+// What the binary uses; everything else is private to the crate, so the compiler finds
+// what nothing uses.
+pub mod api {
+    pub use crate::config::{direct_probes, load, parse_duration, socket_path};
+    pub use crate::control::{request, HealthReport, Request, Response, ServiceHealth};
+    pub use crate::health::Prober;
+    pub use crate::logs::init as init_logs;
+    pub use crate::process::Reaper;
+    pub use crate::runtime::{block_signals, run, spawn_reaper_thread, spawn_signal_thread};
+    pub use crate::supervisor::EXIT_START_FAILED;
+}

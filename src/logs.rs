@@ -3,8 +3,9 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
@@ -19,6 +20,47 @@ pub enum Format {
 }
 
 static FORMAT: OnceLock<Format> = OnceLock::new();
+
+/// The width service names are right-aligned to, so every line's `|` is in one column.
+static WIDTH: AtomicUsize = AtomicUsize::new(6);
+
+/// Aligns the prefixes of every service in `names` (and tandem's own).
+pub fn align(names: &[&str]) {
+    let widest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    WIDTH.store(widest.max("tandem".len()), Ordering::Relaxed);
+}
+
+/// `source` right-aligned: `     app | `, `postgres | `, `  tandem | `.
+fn prefix(source: &str) -> String {
+    let width = WIDTH.load(Ordering::Relaxed);
+    format!("{source:>width$} |")
+}
+
+/// Now as RFC 3339 UTC with milliseconds, for JSON lines.
+fn timestamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
 
 /// The copying tasks still running, so the last lines can be flushed before exit.
 static PUMPS: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
@@ -37,9 +79,11 @@ pub enum Stream {
 /// Sets the output format and installs the tracing subscriber for tandem's own events.
 /// `TANDEM_LOG` sets the level (default `info`).
 pub fn init(json: bool) {
+    // https://no-color.org: set and not empty means no colour, even on a terminal.
+    let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let fmt = if json {
         Format::Json
-    } else if std::io::stderr().is_terminal() {
+    } else if std::io::stderr().is_terminal() && !no_colour {
         Format::Colour
     } else {
         Format::Plain
@@ -74,14 +118,23 @@ fn colour_of(name: &str) -> &'static str {
 /// `write` each, so lines from different services never interleave mid-line.
 pub fn emit(source: &str, stream: Stream, line: &str) {
     let text = match format() {
-        Format::Plain => format!("{source} | {line}\n"),
-        Format::Colour => format!("\x1b[{}m{source} |\x1b[0m {line}\n", colour_of(source)),
+        Format::Plain => format!("{} {line}\n", prefix(source)),
+        Format::Colour => format!(
+            "\x1b[{}m{}\x1b[0m {line}\n",
+            colour_of(source),
+            prefix(source)
+        ),
         Format::Json => {
             let stream = match stream {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
-            let obj = serde_json::json!({ "service": source, "stream": stream, "line": line });
+            let obj = serde_json::json!({
+                "ts": timestamp(),
+                "service": source,
+                "stream": stream,
+                "line": line,
+            });
             format!("{obj}\n")
         }
     };
@@ -108,24 +161,86 @@ pub fn pump(source: &str, stream: Stream, fd: OwnedFd) -> Option<oneshot::Receiv
     let handle = tokio::spawn(async move {
         let _eof = eof_tx;
         let mut reader = BufReader::new(rx);
-        let mut buf = Vec::with_capacity(256);
+        let mut line = Line::default();
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        buf.pop();
-                    }
-                    emit(&source, stream, &String::from_utf8_lossy(&buf));
-                }
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => chunk,
+            };
+            let n = chunk.len();
+            for text in line.feed(chunk) {
+                emit(&source, stream, &text);
             }
+            reader.consume(n);
+        }
+        if let Some(text) = line.finish() {
+            emit(&source, stream, &text);
         }
     });
     let mut pumps = PUMPS.lock().unwrap_or_else(|p| p.into_inner());
     pumps.retain(|h| !h.is_finished());
     pumps.push(handle);
     Some(eof_rx)
+}
+
+/// The longest line relayed whole; the rest of a longer one is dropped (not held in
+/// memory) and the line ends with a marker saying how much was cut.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// One line being assembled from a child's output. A carriage return starts the line over
+/// (a progress bar redrawing itself), so what is relayed is its final state.
+#[derive(Default)]
+struct Line {
+    buf: Vec<u8>,
+    /// Bytes dropped past [`MAX_LINE`].
+    cut: usize,
+    /// A `\r` was the last byte: a `\n` next ends the line (CRLF), anything else redraws.
+    after_cr: bool,
+}
+
+impl Line {
+    /// Takes `chunk`, returns the lines it completed.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut done = Vec::new();
+        for &b in chunk {
+            match b {
+                b'\n' => {
+                    done.push(self.take());
+                    self.after_cr = false;
+                }
+                b'\r' => self.after_cr = true,
+                _ => {
+                    if self.after_cr {
+                        // Redrawn: only what comes after the carriage return counts.
+                        self.buf.clear();
+                        self.cut = 0;
+                        self.after_cr = false;
+                    }
+                    if self.buf.len() < MAX_LINE {
+                        self.buf.push(b);
+                    } else {
+                        self.cut += 1;
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    fn take(&mut self) -> String {
+        let mut text = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.cut > 0 {
+            text.push_str(&format!(" [... {} more bytes cut]", self.cut));
+        }
+        self.buf.clear();
+        self.cut = 0;
+        text
+    }
+
+    /// What is left at end of file, if anything.
+    fn finish(&mut self) -> Option<String> {
+        (!self.buf.is_empty() || self.cut > 0).then(|| self.take())
+    }
 }
 
 /// The end of one child's output, to be awaited before its exit is reported, so that its
@@ -202,11 +317,13 @@ where
             line.push_str(&format!(" {k}={v}"));
         }
         match format() {
-            Format::Plain => writeln!(writer, "tandem | {line}"),
-            Format::Colour => writeln!(writer, "\x1b[1mtandem |\x1b[0m {line}"),
+            Format::Plain => writeln!(writer, "{} {line}", prefix("tandem")),
+            Format::Colour => writeln!(writer, "\x1b[1m{}\x1b[0m {line}", prefix("tandem")),
             Format::Json => {
                 let mut obj = serde_json::json!({
+                    "ts": timestamp(),
                     "service": "tandem",
+                    "stream": "stderr",
                     "level": level.to_string().to_lowercase(),
                     "line": visitor.message,
                 });
@@ -242,5 +359,67 @@ impl tracing::field::Visit for Collect {
             self.fields
                 .push((field.name().to_string(), value.to_string()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut line = Line::default();
+        let mut out: Vec<String> = chunks.iter().flat_map(|c| line.feed(c)).collect();
+        out.extend(line.finish());
+        out
+    }
+
+    #[test]
+    fn a_progress_bar_is_shown_as_its_final_state_and_crlf_is_one_line_end() {
+        assert_eq!(
+            lines(&[
+                b"Loading  10%\rLoading  50%\r",
+                b"Loading 100%\n",
+                b"next\r\n"
+            ]),
+            ["Loading 100%", "next"]
+        );
+        assert_eq!(lines(&[b"a\n\nb"]), ["a", "", "b"]);
+        assert_eq!(lines(&[b"\r\rdone\r"]), ["done"]);
+    }
+
+    #[test]
+    fn a_very_long_line_is_cut_with_a_marker_and_not_held() {
+        let long = vec![b'x'; MAX_LINE + 5000];
+        let mut line = Line::default();
+        assert!(line.feed(&long).is_empty());
+        assert_eq!(line.buf.len(), MAX_LINE, "held no more than the limit");
+        let out = line.feed(b"\nshort\n");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), MAX_LINE + " [... 5000 more bytes cut]".len());
+        assert!(out[0].ends_with(" [... 5000 more bytes cut]"));
+        assert_eq!(out[1], "short");
+    }
+
+    #[test]
+    fn prefixes_align_on_the_widest_name_and_timestamps_are_rfc3339() {
+        align(&["postgres", "app", "migrate"]);
+        assert_eq!(prefix("app"), "     app |");
+        assert_eq!(prefix("postgres"), "postgres |");
+        assert_eq!(prefix("tandem"), "  tandem |");
+        align(&[]);
+        assert_eq!(prefix("tandem"), "tandem |");
+        let ts = timestamp();
+        assert_eq!(ts.len(), "2026-12-01T08:27:04.123Z".len(), "{ts}");
+        assert!(
+            ts.starts_with("20") && ts.ends_with('Z') && &ts[10..11] == "T",
+            "{ts}"
+        );
+        let now_year = 1970
+            + SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 31_556_952;
+        assert_eq!(ts[..4].parse::<u64>().unwrap(), now_year, "{ts}");
     }
 }

@@ -7,33 +7,32 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tandem::config;
-use tandem::control::{self, HealthReport, Request, Response, ServiceHealth};
-use tandem::process::Reaper;
-use tandem::runtime;
+use tandem::api::{self, HealthReport, Reaper, Request, Response, ServiceHealth};
 
 const AFTER_HELP: &str = "\
 Zero configuration: with POSTGRES_* variables set (or TANDEM_POSTGRES=on), tandem
 initialises and starts the embedded PostgreSQL exactly as the official postgres image
 would, waits until it accepts connections, then runs CMD with DATABASE_URL and PG*
 pointing at it. SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
-shutdown) within TANDEM_STOP_TIMEOUT (default 9s); tandem exits with the app's code.
+shutdown) within TANDEM_STOP_TIMEOUT (default 9s).
 
 Environment: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (and their _FILE variants),
 POSTGRES_INITDB_ARGS, POSTGRES_INITDB_WALDIR, POSTGRES_HOST_AUTH_METHOD, PGDATA, PGPORT,
-PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_APP_USER,
-TANDEM_APP_STOP_SIGNAL, TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR,
-TANDEM_PG_SOCKET_DIR, TANDEM_DATABASE_URL_AS (NAME=SCHEME,...: the database URL under
-the app's own names and schemes), TANDEM_SOCKET (default /run/tandem.sock as root), TANDEM_LOG_FORMAT (json),
-TANDEM_LOG (debug|info|warn).
+PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_STOP_EXIT
+(clean|app), TANDEM_PG_START_TIMEOUT, TANDEM_APP_USER, TANDEM_APP_STOP_SIGNAL,
+TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR, TANDEM_PG_SOCKET_DIR, TANDEM_DATABASE_URL_AS
+(NAME=SCHEME,...: the database URL under the app's own names and schemes), TANDEM_SOCKET
+(default /run/tandem.sock as root), TANDEM_LOG_FORMAT (json), TANDEM_LOG (debug|info|warn).
 
 Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD give the app a
 probe; PostgreSQL always has one. TANDEM_{APP,PG}_HEALTH_{INTERVAL,TIMEOUT,RETRIES,START_PERIOD}
 and TANDEM_{APP,PG}_ON_UNHEALTHY (restart|report) tune them.
 
-Exit codes: the app's (128+N if killed by signal N); 1 tandem could not start (bad
-input, initialisation failed); 2 usage; 3 a required service failed while running;
-126/127 the command is not executable / not found.";
+Exit codes: 0 after a stop that went as asked (the app ended by tandem's stop signal, or
+never ran; TANDEM_STOP_EXIT=app keeps the app's code); else the app's (128+N if killed by
+signal N); 1 tandem could not start (bad input, initialisation failed, PostgreSQL not ready
+in time); 2 usage; 3 a required service failed while running; 126/127 the command is not
+executable / not found.";
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +43,10 @@ input, initialisation failed); 2 usage; 3 a required service failed while runnin
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// The config file (default: TANDEM_CONFIG, else /etc/tandem/tandem.toml when it
+    /// exists, else the environment alone).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     /// The app to run (same as `tandem run -- CMD...`).
@@ -85,7 +88,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Give up after this long (e.g. 10s, 500ms).
-        #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = api::parse_duration)]
         timeout: Duration,
     },
     /// Show the running tandem's services: state, health, pid, uptime, restarts, last probe.
@@ -98,11 +101,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tandem::logs::init(std::env::var("TANDEM_LOG_FORMAT").is_ok_and(|v| v == "json"));
+    api::init_logs(std::env::var("TANDEM_LOG_FORMAT").is_ok_and(|v| v == "json"));
     let code = match cli.command {
-        None => run(cli.cmd),
-        Some(Command::Run { cmd }) => run(cmd),
-        Some(Command::Check { cmd }) => check(cmd),
+        None => run(cli.config, cli.cmd),
+        Some(Command::Run { cmd }) => run(cli.config, cmd),
+        Some(Command::Check { cmd }) => check(cli.config, cmd),
         Some(Command::Healthcheck {
             direct: false,
             json,
@@ -129,29 +132,32 @@ fn environment() -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
     (text, os)
 }
 
-fn check(cmd: Vec<OsString>) -> i32 {
+fn check(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
     let (env, os_env) = environment();
     // Finding PostgreSQL runs `pg_config` and `postgres --version`; someone must reap them.
     let reaper = Reaper::new();
-    if let Err(e) = runtime::spawn_reaper_thread(reaper.clone()) {
+    if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
         return fail(&e);
     }
-    match config::from_env(cmd, &env, &os_env, &reaper) {
+    match api::load(config, cmd, &env, &os_env, &reaper) {
         Ok(plan) => {
             print!("{}", plan.describe());
             0
         }
         Err(e) => {
-            tracing::error!("{}", e.message);
+            // One line per problem: a config file's are all reported at once.
+            for line in e.message.lines() {
+                tracing::error!("{line}");
+            }
             e.code
         }
     }
 }
 
-fn run(cmd: Vec<OsString>) -> i32 {
+fn run(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
     // Block signals before any thread exists, so every thread inherits the mask and only
     // the signal thread ever sees them.
-    let set = match runtime::block_signals() {
+    let set = match api::block_signals() {
         Ok(set) => set,
         Err(e) => return fail(&e),
     };
@@ -163,14 +169,17 @@ fn run(cmd: Vec<OsString>) -> i32 {
     }
     let reaper = Reaper::new();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    if let Err(e) = runtime::spawn_signal_thread(set, reaper.clone(), tx.clone()) {
+    if let Err(e) = api::spawn_signal_thread(set, reaper.clone(), tx.clone()) {
         return fail(&e);
     }
     let (env, os_env) = environment();
-    let plan = match config::from_env(cmd, &env, &os_env, &reaper) {
+    let plan = match api::load(config, cmd, &env, &os_env, &reaper) {
         Ok(plan) => plan,
         Err(e) => {
-            tracing::error!("{}", e.message);
+            // One line per problem: a config file's are all reported at once.
+            for line in e.message.lines() {
+                tracing::error!("{line}");
+            }
             return e.code;
         }
     };
@@ -181,13 +190,13 @@ fn run(cmd: Vec<OsString>) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the event loop: {e}")),
     };
-    rt.block_on(runtime::run(plan, reaper, rx, tx))
+    rt.block_on(api::run(plan, reaper, rx, tx))
 }
 
 /// Where the running tandem listens: the same rule as when it started.
 fn socket_path() -> PathBuf {
     let get = |k: &str| std::env::var(k).ok();
-    config::socket_path(
+    api::socket_path(
         get("TANDEM_SOCKET").as_deref(),
         get("XDG_RUNTIME_DIR").as_deref(),
     )
@@ -217,7 +226,7 @@ fn unhealthy(reason: &str, json: bool) -> i32 {
 }
 
 fn healthcheck(json: bool, timeout: Duration) -> i32 {
-    match control::request(&socket_path(), Request::Health, timeout) {
+    match api::request(&socket_path(), Request::Health, timeout) {
         Ok(Response::Health(report)) => report_health(&report, json),
         Ok(Response::Error { message }) => unhealthy(&message, json),
         Ok(_) => unhealthy("unexpected answer from tandem", json),
@@ -229,7 +238,7 @@ fn healthcheck(json: bool, timeout: Duration) -> i32 {
 /// tandem's socket is out of reach.
 fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
     let (env, os_env) = environment();
-    let probes = match config::direct_probes(&env, &os_env) {
+    let probes = match api::direct_probes(&env, &os_env) {
         Ok(p) if p.is_empty() => {
             return unhealthy(
                 "nothing to probe: set POSTGRES_* or TANDEM_APP_HEALTH_URL",
@@ -240,7 +249,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Err(e) => return unhealthy(&e, json),
     };
     let reaper = Reaper::new();
-    if let Err(e) = runtime::spawn_reaper_thread(reaper.clone()) {
+    if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
         return unhealthy(&e, json);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -251,7 +260,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
         Err(e) => return unhealthy(&format!("cannot start the event loop: {e}"), json),
     };
     let results = rt.block_on(async {
-        let prober = tandem::health::Prober::new(reaper)?;
+        let prober = api::Prober::new(reaper)?;
         let each = probes
             .iter()
             .map(|(_, probe, t)| Some((probe.clone(), (*t).min(timeout))))
@@ -271,7 +280,7 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
 }
 
 fn status(json: bool) -> i32 {
-    let answer = control::request(&socket_path(), Request::Status, Duration::from_secs(5));
+    let answer = api::request(&socket_path(), Request::Status, Duration::from_secs(5));
     let message = match answer {
         Ok(Response::Status(report)) => {
             if json {
@@ -291,5 +300,5 @@ fn status(json: bool) -> i32 {
 
 fn fail(message: &str) -> i32 {
     tracing::error!("{message}");
-    tandem::supervisor::EXIT_START_FAILED
+    api::EXIT_START_FAILED
 }

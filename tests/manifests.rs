@@ -735,3 +735,65 @@ fn yaml_reader_reads_the_subset_and_refuses_the_rest() {
     assert!(matches!(docs[1].at("e"), Yaml::Map(m) if m.is_empty()));
     assert!(std::panic::catch_unwind(|| parse_yaml("a: {b: 1}\n")).is_err());
 }
+
+/// The layering of src/lib.rs: each module uses only those below it (tests aside), so the
+/// decisions never reach up into the I/O and the ground floor knows nothing of services.
+/// Fails as soon as a `use crate::X` (or `crate::X::...`) points up.
+#[test]
+fn modules_import_only_the_layers_below_them() {
+    let order = [
+        "process",
+        "supervisor",
+        "logs",
+        "health",
+        "postgres",
+        "config",
+        "control",
+        "runtime",
+    ];
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut problems = Vec::new();
+    for (level, module) in order.iter().enumerate() {
+        let mut files = Vec::new();
+        let single = src.join(format!("{module}.rs"));
+        if single.exists() {
+            files.push(single);
+        }
+        let dir = src.join(module);
+        if dir.is_dir() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                files.push(e.unwrap().path());
+            }
+        }
+        assert!(!files.is_empty(), "no source for {module}");
+        for file in files {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "tests.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            // Code before any `#[cfg(test)]` module: test code may use the test helpers.
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+            for (n, line) in code.lines().enumerate() {
+                let mut rest = line;
+                while let Some(i) = rest.find("crate::") {
+                    rest = &rest[i + 7..];
+                    let used: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if let Some(up) = order.iter().position(|m| *m == used) {
+                        if up > level {
+                            problems.push(format!(
+                                "{}:{}: {module} uses {used}, which is above it",
+                                file.display(),
+                                n + 1
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

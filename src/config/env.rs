@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 
 use super::{
     health_spec, parse_duration, parse_signal, postgres_probe, socket_path, var, CommandPlan,
-    Launch, Plan, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
+    Launch, Plan, PlanError, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
     DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
@@ -14,20 +14,6 @@ use crate::process::{resolve_program, Identity, Reaper};
 use crate::supervisor::plan::{Builder, ServiceDef, StopStyle};
 use crate::supervisor::{Condition, HealthSpec, Settings, StopExit};
 use std::time::Duration;
-
-/// Why a plan could not be made, with the exit code it deserves.
-#[derive(Debug)]
-pub struct PlanError {
-    pub message: String,
-    /// 127/126 for a CMD that is missing or not executable, 1 otherwise.
-    pub code: i32,
-}
-
-impl From<String> for PlanError {
-    fn from(message: String) -> Self {
-        PlanError { message, code: 1 }
-    }
-}
 
 /// Builds the plan from the CMD and the environment.
 ///
@@ -46,7 +32,7 @@ pub fn from_env(
     };
     let socket = socket_path(var(env, "TANDEM_SOCKET"), var(env, "XDG_RUNTIME_DIR"));
 
-    let want_postgres = wants_postgres(env)?;
+    let (want_postgres, postgres_reason) = wants_postgres(env)?;
     if cmd.is_empty() && !want_postgres {
         return Err(
             "nothing to run: give the app's command (tandem -- CMD ARGS...) or set POSTGRES_* variables for the embedded PostgreSQL"
@@ -138,6 +124,7 @@ pub fn from_env(
                 argv: cmd,
                 env: child_env,
                 user,
+                working_dir: None,
             }),
             probe,
         ));
@@ -158,8 +145,10 @@ pub fn from_env(
         settings: Settings {
             budget: stop_budget,
             stop_exit,
+            seed: jitter_seed(),
         },
         socket,
+        postgres_reason,
     })
 }
 
@@ -240,7 +229,7 @@ pub fn direct_probes(
     os_env: &[(OsString, OsString)],
 ) -> Result<Vec<(String, Probe, Duration)>, String> {
     let mut probes = Vec::new();
-    if wants_postgres(env)? {
+    if wants_postgres(env)?.0 {
         let settings = postgres::Settings::from_env(env)?;
         let health = health_spec(env, "TANDEM_PG", DEFAULT_PG_HEALTH)?;
         probes.push((
@@ -253,6 +242,16 @@ pub fn direct_probes(
         probes.push(("app".to_string(), probe, health.timeout));
     }
     Ok(probes)
+}
+
+/// Differs from one container to the next (its clock and pid), so that replicas started
+/// together do not retry in step.
+pub(super) fn jitter_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// `TANDEM_DATABASE_URL_AS`: more names for the database URL, each in the scheme its app
@@ -289,18 +288,42 @@ fn url_aliases(env: &HashMap<String, String>) -> Result<Vec<(String, String)>, S
     Ok(out)
 }
 
-fn wants_postgres(env: &HashMap<String, String>) -> Result<bool, String> {
+/// Whether the embedded PostgreSQL runs, and why. `auto` (the default) runs it when a
+/// `POSTGRES_*` or `PGDATA` variable is set AND PostgreSQL is installed: an app image that
+/// only carries `POSTGRES_*` to reach a database elsewhere does not start one.
+fn wants_postgres(env: &HashMap<String, String>) -> Result<(bool, String), String> {
     match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
-        "on" | "1" | "true" | "yes" => Ok(true),
-        "off" | "0" | "false" | "no" => Ok(false),
-        "auto" => Ok(env
-            .keys()
-            .any(|k| k.starts_with("POSTGRES_") || k == "PGDATA")),
+        "on" | "1" | "true" | "yes" => Ok((true, "on: TANDEM_POSTGRES=on".into())),
+        "off" | "0" | "false" | "no" => Ok((false, "off: TANDEM_POSTGRES=off".into())),
+        "auto" => {
+            let mut set: Vec<&str> = env
+                .keys()
+                .filter(|k| k.starts_with("POSTGRES_") || *k == "PGDATA")
+                .map(String::as_str)
+                .collect();
+            set.sort();
+            let Some(first) = set.first() else {
+                return Ok((
+                    false,
+                    "off: no POSTGRES_* or PGDATA variable is set (TANDEM_POSTGRES=auto)".into(),
+                ));
+            };
+            match postgres::binaries::installed(env) {
+                Some(dir) => Ok((
+                    true,
+                    format!("on: {first} is set and PostgreSQL is installed in {} (TANDEM_POSTGRES=auto)", dir.display()),
+                )),
+                None => Ok((
+                    false,
+                    format!("off: {first} is set but no PostgreSQL is installed, so the database is elsewhere (TANDEM_POSTGRES=auto; set it to on to insist)"),
+                )),
+            }
+        }
         other => Err(format!("TANDEM_POSTGRES={other:?}: use on, off or auto")),
     }
 }
 
-fn os_env_get<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsStr> {
+pub(super) fn os_env_get<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsStr> {
     env.iter()
         .rev()
         .find(|(k, _)| k == name)
@@ -327,7 +350,7 @@ mod tests {
             &map,
             &os,
             // Finding PostgreSQL waits for `pg_config`: the test binary's reaper collects it.
-            &crate::postgres::testutil::reaper(),
+            &crate::testutil::reaper(),
         )
     }
 

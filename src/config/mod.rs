@@ -16,8 +16,69 @@ use crate::process::Identity;
 use crate::supervisor::{self, HealthSpec, OnUnhealthy, Spec};
 
 mod env;
+mod file;
+mod graph;
 
-pub use env::{direct_probes, from_env, PlanError};
+pub use env::{direct_probes, from_env};
+pub use graph::{config_path, from_file};
+
+/// Why a plan could not be made, with the exit code it deserves.
+#[derive(Debug)]
+pub struct PlanError {
+    pub message: String,
+    /// 2 for a config that does not validate, 127/126 for a CMD that is missing or not
+    /// executable, 1 otherwise.
+    pub code: i32,
+}
+
+impl From<String> for PlanError {
+    fn from(message: String) -> Self {
+        PlanError { message, code: 1 }
+    }
+}
+
+/// The plan from the config file when there is one, else from the environment alone.
+pub fn load(
+    config: Option<PathBuf>,
+    cmd: Vec<OsString>,
+    env: &HashMap<String, String>,
+    os_env: &[(OsString, OsString)],
+    reaper: &crate::process::Reaper,
+) -> Result<Plan, PlanError> {
+    match config_path(config, env) {
+        Some(path) => from_file(&path, cmd, env, os_env, reaper),
+        None => from_env(cmd, env, os_env, reaper),
+    }
+}
+
+/// Docker's default grace period between SIGTERM and SIGKILL.
+const DOCKER_GRACE: Duration = Duration::from_secs(10);
+
+/// The services in start layers: each layer depends only on layers before it.
+fn layers(services: &[ServicePlan]) -> Vec<Vec<usize>> {
+    let mut level: Vec<Option<usize>> = vec![None; services.len()];
+    for _ in 0..=services.len() {
+        for i in 0..services.len() {
+            let deps = &services[i].spec.depends_on;
+            let l = deps
+                .iter()
+                .map(|(d, _)| level[*d].map(|x| x + 1))
+                .try_fold(0, |acc, x| x.map(|x| acc.max(x)));
+            if level[i].is_none() {
+                level[i] = l;
+            }
+        }
+    }
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, l) in level.iter().enumerate() {
+        let l = l.unwrap_or(0);
+        if out.len() <= l {
+            out.resize(l + 1, Vec::new());
+        }
+        out[l].push(i);
+    }
+    out
+}
 
 /// Docker waits 10 s between SIGTERM and SIGKILL; 9 s leaves tandem a second to spare.
 pub const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(9);
@@ -50,6 +111,8 @@ pub struct Plan {
     pub settings: supervisor::Settings,
     /// The control socket (`TANDEM_SOCKET`).
     pub socket: PathBuf,
+    /// Whether the embedded PostgreSQL runs, and why: for `tandem check`.
+    pub postgres_reason: String,
 }
 
 #[derive(Debug)]
@@ -80,6 +143,8 @@ pub struct CommandPlan {
     /// The whole environment of the child.
     pub env: Vec<(OsString, OsString)>,
     pub user: Option<Identity>,
+    /// `None`: tandem's own.
+    pub working_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -97,72 +162,156 @@ impl Plan {
         self.settings.budget
     }
 
-    /// The plan as a person reads it (`tandem check`).
+    /// The plan as a person reads it (`tandem check`): what runs, the start order in
+    /// layers with the conditions between them, the stop order with each signal's time
+    /// in the budget (rehearsed by the supervisor itself), and what a person would want
+    /// to be warned of.
     pub fn describe(&self) -> String {
+        use std::fmt::Write;
         let mut out = String::new();
         let names: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
-        for (i, s) in self.services.iter().enumerate() {
-            let spec = &s.spec;
-            out.push_str(&format!("{}. {}", i + 1, spec.name));
-            match &s.launch {
-                Launch::Command(c) => {
-                    let argv: Vec<String> = c
-                        .argv
+        let _ = writeln!(out, "embedded PostgreSQL: {}", self.postgres_reason);
+        let _ = writeln!(out, "start order:");
+        for (n, layer) in layers(&self.services).iter().enumerate() {
+            for &i in layer {
+                let s = &self.services[i];
+                let spec = &s.spec;
+                let kind = match spec.kind {
+                    supervisor::Kind::Daemon => "",
+                    supervisor::Kind::Oneshot => " (oneshot)",
+                    supervisor::Kind::External => " (external)",
+                };
+                let _ = write!(out, "  {}. {}{kind}", n + 1, spec.name);
+                if !spec.depends_on.is_empty() {
+                    let deps: Vec<String> = spec
+                        .depends_on
                         .iter()
-                        .map(|a| format!("{:?}", a.to_string_lossy()))
+                        .map(|(d, c)| format!("{} {}", names[*d], c.as_str()))
                         .collect();
-                    out.push_str(&format!(": [{}]", argv.join(", ")));
-                    if let Some(u) = &c.user {
-                        out.push_str(&format!(" as {}", u.name));
+                    let _ = write!(out, " when {}", deps.join(", "));
+                }
+                out.push('\n');
+                match &s.launch {
+                    Launch::Command(c) => {
+                        let argv: Vec<String> = c
+                            .argv
+                            .iter()
+                            .map(|a| format!("{:?}", a.to_string_lossy()))
+                            .collect();
+                        let _ = write!(out, "     runs [{}]", argv.join(", "));
+                        if let Some(u) = &c.user {
+                            let _ = write!(out, " as {}", u.name);
+                        }
+                        if let Some(d) = &c.working_dir {
+                            let _ = write!(out, " in {}", d.display());
+                        }
+                        out.push('\n');
+                    }
+                    Launch::External => {
+                        let _ = writeln!(out, "     not run by tandem: known by its probe");
+                    }
+                    Launch::Postgres(p) => {
+                        let _ = writeln!(
+                            out,
+                            "     PostgreSQL {} from {} ({}), data {}, port {}, database {:?} as {:?}",
+                            p.bins.version,
+                            p.bins.dir.display(),
+                            p.bins.source,
+                            p.settings.data_dir.display(),
+                            p.settings.port,
+                            p.settings.database,
+                            p.settings.user,
+                        );
                     }
                 }
-                Launch::External => out.push_str(": external, not started by tandem"),
-                Launch::Postgres(p) => out.push_str(&format!(
-                    ": PostgreSQL {} from {} ({}), data {}, port {}, database {:?} as {:?}",
-                    p.bins.version,
-                    p.bins.dir.display(),
-                    p.bins.source,
-                    p.settings.data_dir.display(),
-                    p.settings.port,
-                    p.settings.database,
-                    p.settings.user,
-                )),
-            }
-            out.push('\n');
-            if !spec.depends_on.is_empty() {
-                let deps: Vec<String> = spec
-                    .depends_on
-                    .iter()
-                    .map(|(d, c)| format!("{} {}", names[*d], c.as_str()))
-                    .collect();
-                out.push_str(&format!("   starts when: {}\n", deps.join(", ")));
-            }
-            let ladder: Vec<&str> = spec.stop_ladder.iter().map(|s| s.as_str()).collect();
-            out.push_str(&format!("   stops with: {}", ladder.join(" -> ")));
-            if !spec.stop_reserve.is_zero() {
-                out.push_str(&format!(
-                    " (keeps {} ms of the budget)",
-                    spec.stop_reserve.as_millis()
-                ));
-            }
-            out.push('\n');
-            if let (Some(p), Some(h)) = (&s.probe, &spec.health) {
-                out.push_str(&format!(
-                    "   health: {} every {} ms (timeout {} ms, {} retries, start period {} ms), when unhealthy: {:?}\n",
-                    p.kind(),
-                    h.interval.as_millis(),
-                    h.timeout.as_millis(),
-                    h.retries,
-                    h.start_period.as_millis(),
-                    h.on_unhealthy
-                ).to_lowercase());
+                if let (Some(p), Some(h)) = (&s.probe, &spec.health) {
+                    let _ = writeln!(
+                        out,
+                        "     health: {} every {} ms (timeout {} ms, {} retries, start period {} ms), when unhealthy: {}",
+                        p.kind(),
+                        h.interval.as_millis(),
+                        h.timeout.as_millis(),
+                        h.retries,
+                        h.start_period.as_millis(),
+                        match h.on_unhealthy {
+                            OnUnhealthy::Restart => "restart",
+                            OnUnhealthy::Report => "report",
+                        }
+                    );
+                }
+                if let Some(r) = &spec.restart {
+                    let _ = writeln!(
+                        out,
+                        "     restart: {}, after {} ms, x{} up to {} ms (+-{:.0} %), at most {} in {} s, reset after {} s ready",
+                        if r.on_failure_only { "on-failure" } else { "always" },
+                        r.delay.as_millis(),
+                        r.factor,
+                        r.max_delay.as_millis(),
+                        r.jitter * 100.0,
+                        r.max_restarts,
+                        r.window.as_secs(),
+                        r.reset_after.as_secs()
+                    );
+                }
             }
         }
-        out.push_str(&format!(
-            "stop budget: {} ms (TANDEM_STOP_TIMEOUT); control socket: {}\n",
-            self.settings.budget.as_millis(),
-            self.socket.display()
-        ));
+        // The rehearsal's own log lines are not the plan's: silenced.
+        let (signals, exit_at) =
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                supervisor::stop::rehearse(self.specs(), self.settings)
+            });
+        let _ = writeln!(
+            out,
+            "stop order (budget {} ms from the first SIGTERM; times if nothing gives in before SIGKILL):",
+            self.settings.budget.as_millis()
+        );
+        let mut order: Vec<&str> = Vec::new();
+        for r in &signals {
+            if !order.contains(&r.service.as_str()) {
+                order.push(&r.service);
+            }
+        }
+        for name in order {
+            let steps: Vec<String> = signals
+                .iter()
+                .filter(|r| r.service == name)
+                .map(|r| format!("{} at {} ms", r.signal.as_str(), r.at.as_millis()))
+                .collect();
+            let _ = writeln!(out, "  {name}: {}", steps.join(", "));
+        }
+        let _ = writeln!(out, "  tandem exits by {} ms", exit_at.as_millis());
+        let _ = writeln!(out, "control socket: {}", self.socket.display());
+        let warnings = self.warnings();
+        if !warnings.is_empty() {
+            let _ = writeln!(out, "warnings:");
+            for w in warnings {
+                let _ = writeln!(out, "  - {w}");
+            }
+        }
+        out
+    }
+
+    /// What a person would want to know before running this plan.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.settings.budget >= DOCKER_GRACE {
+            out.push(format!(
+                "the stop budget is {} ms, at or above Docker's default grace period of 10 s: `docker stop` would SIGKILL tandem before it finishes; set TANDEM_STOP_TIMEOUT below the grace period (or raise the grace period: stop_grace_period, --time)",
+                self.settings.budget.as_millis()
+            ));
+        }
+        for s in &self.services {
+            let spec = &s.spec;
+            if spec.kind == supervisor::Kind::Daemon
+                && spec.health.is_none()
+                && spec.readiness != supervisor::Readiness::Reported
+            {
+                out.push(format!(
+                    "{} has no health probe: healthcheck calls it healthy as soon as it runs, and dependents waiting for healthy start at once",
+                    spec.name
+                ));
+            }
+        }
         out
     }
 }

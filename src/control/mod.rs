@@ -14,11 +14,10 @@ pub mod render;
 mod server;
 pub mod wire;
 
-pub use crate::supervisor::verdict::{HealthReport, ServiceHealth, State};
+pub use crate::supervisor::verdict::{HealthReport, ServiceHealth};
 pub use client::request;
-pub use render::format_uptime;
 pub use server::{serve, ServerGuard};
-pub use wire::{parse_request, Ask, Request, Response, StatusReport, StatusRow};
+pub use wire::{Ask, Request, Response, StatusReport, StatusRow};
 
 #[cfg(test)]
 mod tests;

@@ -126,6 +126,7 @@ impl super::wire::StatusRow {
     pub fn of(st: &ServiceStatus, now: std::time::Instant) -> super::wire::StatusRow {
         let state = match st.phase {
             Phase::Waiting => "waiting",
+            Phase::Backoff => "restarting",
             Phase::Starting => "starting",
             Phase::Running | Phase::Ready => "running",
             Phase::Stopping => "stopping",

@@ -28,12 +28,6 @@ pub struct ServerGuard {
     accept: tokio::task::AbortHandle,
 }
 
-impl ServerGuard {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for ServerGuard {
     fn drop(&mut self) {
         self.accept.abort();

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::control::wire::READ_TIMEOUT;
-use crate::postgres::testutil::TempDir;
+use crate::control::render::format_uptime;
+use crate::control::wire::{parse_request, READ_TIMEOUT};
+use crate::supervisor::verdict::State;
+use crate::testutil::TempDir;
 
 fn svc(name: &str, healthy: bool, state: State) -> ServiceHealth {
     ServiceHealth {

@@ -297,9 +297,14 @@ impl Tail {
                 },
             }
         };
+        // What is left, read straight from the (non-blocking) descriptor: tokio's
+        // try_read only reads once the reactor has seen the pipe readable, and output
+        // written just before the exit may not have been seen yet.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&pipe);
         while open {
-            match pipe.try_read(&mut buf) {
+            match nix::unistd::read(fd, &mut buf) {
                 Ok(n) if n > 0 => self.push(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
                 _ => open = false,
             }
         }

@@ -1,7 +1,7 @@
 //! Probes against real things: a PostgreSQL 15 server, HTTP servers on loopback, processes.
 
 use super::*;
-use crate::postgres::testutil::{self, TempDir};
+use crate::testutil::{self, TempDir};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -221,7 +221,7 @@ async fn exec_exit_status_output_and_environment() {
 #[tokio::test]
 async fn exec_runs_as_the_given_user() {
     if !nix::unistd::Uid::effective().is_root() {
-        crate::postgres::testutil::skip("needs root to switch users");
+        crate::testutil::skip("needs root to switch users");
         return;
     }
     let pg = Identity::lookup("postgres").unwrap();
@@ -529,7 +529,7 @@ impl Drop for Pg {
 #[tokio::test]
 async fn postgres_probe_logs_in_for_real() {
     if !nix::unistd::Uid::effective().is_root() || !Path::new(PG_BIN).exists() {
-        crate::postgres::testutil::skip(&format!("needs root and PostgreSQL 15 in {PG_BIN}"));
+        crate::testutil::skip(&format!("needs root and PostgreSQL 15 in {PG_BIN}"));
         return;
     }
     let p = prober();

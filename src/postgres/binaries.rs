@@ -113,6 +113,24 @@ fn find_dir(
     ))
 }
 
+/// Where PostgreSQL is installed, as far as a quick look tells (PG_BINDIR, the Debian
+/// layout, PATH), without running anything: for deciding whether to embed it at all. A
+/// PG_BINDIR says so by itself (when it lacks a program, that is reported as an error).
+pub fn installed(env: &HashMap<String, String>) -> Option<PathBuf> {
+    installed_in(env, Path::new(DEBIAN_ROOT))
+}
+
+fn installed_in(env: &HashMap<String, String>, debian_root: &Path) -> Option<PathBuf> {
+    if let Some(dir) = env.get("PG_BINDIR").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = newest_debian_dir(debian_root) {
+        return Some(dir);
+    }
+    let path = env.get("PATH")?;
+    std::env::split_paths(path).find(|d| check_dir(d).is_ok())
+}
+
 /// Ok when `dir` holds every required program, each executable.
 fn check_dir(dir: &Path) -> Result<(), String> {
     for name in REQUIRED {
@@ -206,7 +224,35 @@ fn first_line_of(spec: ChildSpec, settings: &Settings, reaper: &Reaper) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::testutil;
+    use crate::testutil;
+
+    #[test]
+    fn installed_looks_at_pg_bindir_the_debian_layout_and_path() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let nowhere = Path::new("/nonexistent-tandem");
+        assert_eq!(
+            installed_in(&env(&[("PATH", "/usr/bin:/bin")]), nowhere),
+            None
+        );
+        assert_eq!(
+            installed_in(&env(&[("PG_BINDIR", "/opt/pg/bin")]), nowhere),
+            Some(PathBuf::from("/opt/pg/bin")),
+            "named explicitly: a wrong one is an error later, not a reason to skip"
+        );
+        if Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
+            assert!(installed_in(&env(&[]), Path::new(DEBIAN_ROOT)).is_some());
+            let on_path = env(&[("PATH", "/usr/lib/postgresql/15/bin")]);
+            assert_eq!(
+                installed_in(&on_path, nowhere),
+                Some(PathBuf::from("/usr/lib/postgresql/15/bin"))
+            );
+        }
+    }
 
     #[test]
     fn version_keys_compare_numerically() {

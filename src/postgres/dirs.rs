@@ -200,8 +200,8 @@ fn chown_tree(root: &Path, what: &str, owner: &Owner) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::testutil::{self, TempDir};
     use crate::process::{ChildSpec, Identity};
+    use crate::testutil::{self, TempDir};
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
 

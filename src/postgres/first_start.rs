@@ -357,6 +357,7 @@ impl Ctx<'_> {
             .arg(s.port.to_string())
             .arg("-k")
             .arg(&s.socket_dir)
+            .args(super::settings_args(s))
             .user(s.os_user.clone())
             .cwd("/");
         let mut server = self.steps.spawn(
@@ -568,9 +569,9 @@ pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
 mod tests {
     use super::*;
     use crate::logs;
-    use crate::postgres::testutil::{self, TempDir};
     use crate::postgres::{app_env, locate_binaries, server_spec, wait_ready};
     use crate::process::{ChildSpec, Exit};
+    use crate::testutil::{self, TempDir};
     use nix::sys::signal::Signal;
     use nix::unistd::Pid;
     use std::collections::HashMap;

@@ -21,8 +21,6 @@ pub mod ready;
 mod scripts;
 pub mod settings;
 pub mod steps;
-#[cfg(test)]
-pub(crate) mod testutil;
 
 pub use binaries::{locate_binaries, Binaries};
 pub use first_start::prepare;
@@ -43,8 +41,18 @@ pub fn server_spec(settings: &Settings, bins: &Binaries) -> ChildSpec {
         .arg(settings.port.to_string())
         .arg("-k")
         .arg(&settings.socket_dir)
+        .args(settings_args(settings))
         .user(settings.os_user.clone())
         .cwd("/")
+}
+
+/// `-c name=value` for each configured server setting.
+pub(crate) fn settings_args(settings: &Settings) -> Vec<String> {
+    settings
+        .server_settings
+        .iter()
+        .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")])
+        .collect()
 }
 
 /// What the app gets unless the user set it already: `DATABASE_URL` and libpq's PG*

@@ -42,6 +42,8 @@ pub struct Settings {
     pub initdb_dir: PathBuf,
     /// A bin dir from the config file; PG_BINDIR is read by `locate_binaries`.
     pub bin_dir: Option<PathBuf>,
+    /// `-c name=value` for the server (the config file's `[postgres] settings`).
+    pub server_settings: Vec<(String, String)>,
     /// Who PostgreSQL runs as: the `postgres` user when tandem is root, else `None` (ourselves).
     pub os_user: Option<Identity>,
 }
@@ -60,6 +62,7 @@ impl std::fmt::Debug for Settings {
             .field("host_auth_method", &self.host_auth_method)
             .field("initdb_dir", &self.initdb_dir)
             .field("bin_dir", &self.bin_dir)
+            .field("server_settings", &self.server_settings)
             .field("os_user", &self.os_user.as_ref().map(|i| &i.name))
             .finish()
     }
@@ -148,6 +151,7 @@ impl Settings {
             host_auth_method,
             initdb_dir,
             bin_dir: None,
+            server_settings: Vec::new(),
             os_user,
         })
     }

@@ -16,7 +16,7 @@ use nix::unistd::Uid;
 mod reaper;
 mod users;
 
-pub use reaper::{resolve_program, signal_group, Reaper, SpawnError, Spawned};
+pub use reaper::{resolve_program, signal_group, Reaper, Spawned};
 pub use users::Identity;
 
 /// How a process ended, as `waitpid` reports it.
@@ -326,7 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_secret_reaches_stdin_and_dev_stdin_without_a_file() {
-        let reaper = crate::postgres::testutil::reaper();
+        let reaper = crate::testutil::reaper();
         for size in [10usize, 100_000] {
             let secret: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
             // Read it back by name, as initdb --pwfile=/dev/stdin does.

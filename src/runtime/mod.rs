@@ -57,6 +57,11 @@ pub async fn run(
     let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
     // Kept for the life of the loop; dropping it removes the socket file.
     let _control = control::serve(&plan, ask_tx).await;
+    let names: Vec<&str> = plan.services.iter().map(|s| s.spec.name.as_str()).collect();
+    logs::align(&names);
+    for warning in plan.warnings() {
+        tracing::warn!("{warning}");
+    }
     let mut sup = Supervisor::new(plan.specs(), plan.settings);
     let cancels: Vec<Arc<AtomicBool>> = plan
         .services
@@ -165,6 +170,7 @@ fn start_command(
     let mut spec = ChildSpec::new(&c.program).user(c.user.clone());
     spec.argv = c.argv.clone();
     spec.env = Env::Exactly(c.env.clone());
+    spec.cwd = c.working_dir.clone();
     match reaper.spawn(spec) {
         Ok(mut spawned) => {
             let output = logs::pump_spawned(name, &mut spawned);

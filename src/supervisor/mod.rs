@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 mod health;
 pub mod plan;
-mod stop;
+pub mod stop;
 pub mod table;
 pub mod timers;
 pub mod verdict;
@@ -122,6 +122,35 @@ pub struct Spec {
     pub forward_signals: bool,
     /// Its health probe's timing and what to do when it keeps failing.
     pub health: Option<HealthSpec>,
+    /// Whether, and how soon, it is started again when it exits.
+    pub restart: Option<RestartSpec>,
+    /// When it fails for good, the container stops (its dependents can never start).
+    pub required: bool,
+}
+
+/// Restarts with exponential backoff: `delay`, then times `factor` up to `max_delay`, each
+/// varied by up to ±`jitter` (a fraction) so that replicas do not retry in step; at most
+/// `max_restarts` within any `window`; back to `delay` once it has stayed ready for
+/// `reset_after`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartSpec {
+    /// Only after a failure (a non-zero exit, a signal, unhealthy), not after exit 0.
+    pub on_failure_only: bool,
+    pub delay: Duration,
+    pub factor: f64,
+    pub max_delay: Duration,
+    pub jitter: f64,
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub reset_after: Duration,
+}
+
+impl RestartSpec {
+    /// The delay before restart number `attempt` (0 first), jitter not applied.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let grown = self.delay.as_secs_f64() * self.factor.powi(attempt.min(64) as i32);
+        Duration::from_secs_f64(grown.min(self.max_delay.as_secs_f64()))
+    }
 }
 
 /// A step of a service's set-up that runs a process of its own (PostgreSQL's first start:
@@ -205,6 +234,9 @@ pub struct Settings {
     /// The total time from the first stop signal to exit (TANDEM_STOP_TIMEOUT).
     pub budget: Duration,
     pub stop_exit: StopExit,
+    /// Seeds the restart jitter (the runtime passes something that differs per
+    /// container; tests pass a constant).
+    pub seed: u64,
 }
 
 impl Settings {
@@ -212,6 +244,7 @@ impl Settings {
         Settings {
             budget,
             stop_exit: StopExit::Clean,
+            seed: 1,
         }
     }
 }
@@ -285,10 +318,16 @@ struct Svc {
     /// Could not start, or failed for good.
     failed: bool,
     health: HealthState,
-    /// Times it was started again after being unhealthy.
+    /// Times it was started again (after an exit, or being unhealthy).
     restarts: u32,
     /// It is being stopped to be started again.
     restarting: bool,
+    /// Restarts in a row since it last stayed ready for `reset_after`: the backoff step.
+    attempt: u32,
+    /// When it was restarted, within the last restart window.
+    restart_times: Vec<Instant>,
+    /// Since when it has been ready.
+    ready_since: Option<Instant>,
 }
 
 pub struct Supervisor {
@@ -300,6 +339,8 @@ pub struct Supervisor {
     timers: Timers,
     actions: VecDeque<Action>,
     exited: bool,
+    /// The jitter's random state (xorshift64*).
+    rng: u64,
 }
 
 /// One service as the supervisor sees it, for `tandem status` and the verdict.
@@ -343,6 +384,9 @@ impl Supervisor {
                 health: HealthState::default(),
                 restarts: 0,
                 restarting: false,
+                attempt: 0,
+                restart_times: Vec::new(),
+                ready_since: None,
             })
             .collect();
         Supervisor {
@@ -353,12 +397,14 @@ impl Supervisor {
             timers: Timers::default(),
             actions: VecDeque::new(),
             exited: false,
+            rng: settings.seed | 1,
         }
     }
 
     /// Starts every service whose dependencies are already met.
     pub fn start(&mut self, now: Instant) {
         self.advance(now);
+        self.handle_timeout(now);
     }
 
     /// The next command for the runtime, if any.
@@ -372,10 +418,6 @@ impl Supervisor {
             return None;
         }
         self.timers.next()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_some()
     }
 
     pub fn name(&self, id: Id) -> &str {
@@ -433,6 +475,7 @@ impl Supervisor {
             Timer::Escalate(id) => self.apply(id, Input::Escalate("it did not stop in time"), now),
             Timer::Probe(id) => self.issue_probe(id),
             Timer::StartDeadline(id) => self.apply(id, Input::Deadline, now),
+            Timer::Restart(id) => self.apply(id, Input::Retry, now),
             Timer::Budget => self.budget_spent(now),
         }
     }
@@ -452,7 +495,11 @@ impl Supervisor {
             for id in 0..self.svcs.len() {
                 let live = matches!(
                     self.svcs[id].phase,
-                    Phase::Waiting | Phase::Starting | Phase::Running | Phase::Ready
+                    Phase::Waiting
+                        | Phase::Backoff
+                        | Phase::Starting
+                        | Phase::Running
+                        | Phase::Ready
                 );
                 if live && (immediate || !self.has_live_dependents(id)) {
                     self.apply(id, Input::Stop, now);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::{Condition, HealthSpec, Id, Kind, Readiness, Spec};
+use super::{Condition, HealthSpec, Id, Kind, Readiness, RestartSpec, Spec};
 
 /// How a service is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,10 @@ pub struct ServiceDef {
     pub reload_signal: Option<Signal>,
     pub forward_signals: bool,
     pub health: Option<HealthSpec>,
+    pub restart: Option<RestartSpec>,
+    pub required: bool,
+    /// The first stop signal's time (`None`: what the budget leaves).
+    pub stop_timeout: Option<Duration>,
 }
 
 impl ServiceDef {
@@ -49,6 +53,9 @@ impl ServiceDef {
             reload_signal: None,
             forward_signals: false,
             health: None,
+            restart: None,
+            required: true,
+            stop_timeout: None,
         }
     }
 
@@ -56,11 +63,14 @@ impl ServiceDef {
         ServiceDef::new(name, Kind::Daemon)
     }
 
+    // The config file's kinds (the zero-config mode has neither); the tests use them now.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn oneshot(name: &str) -> ServiceDef {
         ServiceDef::new(name, Kind::Oneshot)
     }
 
     /// Something tandem does not run, known by its probe.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn external(name: &str, health: HealthSpec) -> ServiceDef {
         ServiceDef {
             readiness: Some(Readiness::Probe),
@@ -107,6 +117,21 @@ impl ServiceDef {
 
     pub fn forward_signals(mut self, on: bool) -> ServiceDef {
         self.forward_signals = on;
+        self
+    }
+
+    pub fn restart(mut self, r: Option<RestartSpec>) -> ServiceDef {
+        self.restart = r;
+        self
+    }
+
+    pub fn required(mut self, required: bool) -> ServiceDef {
+        self.required = required;
+        self
+    }
+
+    pub fn stop_timeout(mut self, t: Option<Duration>) -> ServiceDef {
+        self.stop_timeout = t;
         self
     }
 
@@ -208,10 +233,12 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
                 true,
             )
         }
+        // A service with a stop timeout of its own keeps that much of the budget for its
+        // stop after its dependents are gone; one without takes what the budget leaves.
         StopStyle::Signal(signal) => (
             vec![signal, Signal::SIGKILL],
             Duration::ZERO,
-            Duration::ZERO,
+            d.stop_timeout.unwrap_or(Duration::ZERO),
             false,
         ),
     };
@@ -221,7 +248,7 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
         readiness,
         depends_on,
         stop_ladder,
-        stop_timeout: budget,
+        stop_timeout: d.stop_timeout.unwrap_or(budget),
         step_timeout,
         stop_reserve,
         immediate_step: 1,
@@ -231,6 +258,8 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
         reload_signal: d.reload_signal,
         forward_signals: d.forward_signals,
         health: d.health,
+        restart: d.restart,
+        required: d.required,
     }
 }
 

@@ -488,3 +488,100 @@ fn target(leader_only: bool, signal: Signal, pid: nix::unistd::Pid) -> Target {
         Target::Group(pid)
     }
 }
+
+/// One signal of a rehearsed stop: when (from the stop request), to which service, which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rehearsed {
+    pub at: Duration,
+    pub service: String,
+    pub signal: Signal,
+}
+
+/// The worst case of a stop, computed by the supervisor itself on a fake clock: every
+/// service up, a SIGTERM, and nothing exits until it gets SIGKILL. What `tandem check`
+/// prints as each service's share of the budget. Also returns when tandem exits.
+pub fn rehearse(specs: Vec<super::Spec>, settings: super::Settings) -> (Vec<Rehearsed>, Duration) {
+    use super::{Event, Kind, Readiness};
+    use nix::unistd::Pid;
+    let t0 = Instant::now();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let kinds: Vec<(Kind, Readiness)> = specs.iter().map(|s| (s.kind, s.readiness)).collect();
+    let mut sup = Supervisor::new(specs, settings);
+    sup.start(t0);
+    let pid = |id: usize| Pid::from_raw(100_000 + id as i32);
+    let ok = super::ProbeReport {
+        outcome: super::Outcome::Ok,
+        latency: Duration::ZERO,
+    };
+    // Up: every start answered at once, every readiness met, every oneshot completed.
+    for _ in 0..4 * names.len() + 4 {
+        let mut moved = false;
+        while let Some(a) = sup.poll_action() {
+            moved = true;
+            match a {
+                Action::Start(id) => {
+                    sup.handle(Event::Started { id, pid: pid(id) }, t0);
+                    match kinds[id] {
+                        (Kind::Oneshot, _) => sup.handle(
+                            Event::Exited {
+                                id,
+                                exit: super::Exit::Code(0),
+                            },
+                            t0,
+                        ),
+                        (_, Readiness::Reported) => sup.handle(Event::Ready { id }, t0),
+                        _ => {}
+                    }
+                }
+                Action::Probe(id) => sup.handle(
+                    Event::Probe {
+                        id,
+                        report: ok.clone(),
+                    },
+                    t0,
+                ),
+                _ => {}
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    while let Some(_a) = sup.poll_action() {}
+    // The stop: nothing gives in before SIGKILL.
+    let mut out = Vec::new();
+    sup.handle(Event::Signal(Signal::SIGTERM), t0);
+    let mut now = t0;
+    for _ in 0..1000 {
+        while let Some(a) = sup.poll_action() {
+            match a {
+                Action::Signal { id, signal, .. } => {
+                    out.push(Rehearsed {
+                        at: now - t0,
+                        service: names[id].clone(),
+                        signal,
+                    });
+                    if signal == Signal::SIGKILL {
+                        sup.handle(
+                            Event::Exited {
+                                id,
+                                exit: super::Exit::Signal(9),
+                            },
+                            now,
+                        );
+                    }
+                }
+                Action::Exit { .. } => return (out, now - t0),
+                _ => {}
+            }
+        }
+        match sup.next_deadline() {
+            Some(d) => {
+                now = d.max(now);
+                sup.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    (out, now - t0)
+}

@@ -5,18 +5,20 @@
 //! | phase    | means                                                              |
 //! |----------|--------------------------------------------------------------------|
 //! | Waiting  | not started: its dependencies do not hold yet                      |
+//! | Backoff  | exited, to be started again when its restart delay is over         |
 //! | Starting | asked to start: being set up or spawned, no main process yet       |
 //! | Running  | its process runs (an external service: being probed), not ready    |
 //! | Ready    | ready: what dependents waiting for `healthy` wait for              |
 //! | Stopping | its stop ladder (or a restart's) is under way                      |
 //! | Done     | exited, failed, completed, or never started                        |
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
 use super::{
-    Id, Kind, LiveStep, Readiness, Step, Supervisor, Timer, EXIT_SERVICE_FAILED, EXIT_START_FAILED,
+    Id, Kind, LiveStep, Readiness, RestartSpec, Step, Supervisor, Timer, EXIT_SERVICE_FAILED,
+    EXIT_START_FAILED,
 };
 use crate::process::Exit;
 
@@ -24,6 +26,7 @@ use crate::process::Exit;
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Waiting,
+    Backoff,
     Starting,
     Running,
     Ready,
@@ -32,8 +35,10 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    #[cfg(test)]
+    pub const ALL: [Phase; 7] = [
         Phase::Waiting,
+        Phase::Backoff,
         Phase::Starting,
         Phase::Running,
         Phase::Ready,
@@ -44,6 +49,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Waiting => "waiting",
+            Phase::Backoff => "restarting",
             Phase::Starting => "starting",
             Phase::Running => "running",
             Phase::Ready => "ready",
@@ -81,6 +87,8 @@ pub(super) enum Input {
     Escalate(&'static str),
     /// Its start deadline (or its current set-up step's) passed.
     Deadline,
+    /// Its restart delay is over.
+    Retry,
 }
 
 /// [`Input`] without its data: the table's columns.
@@ -98,10 +106,12 @@ pub enum InputKind {
     Restart,
     Escalate,
     Deadline,
+    Retry,
 }
 
 impl InputKind {
-    pub const ALL: [InputKind; 12] = [
+    #[cfg(test)]
+    pub const ALL: [InputKind; 13] = [
         InputKind::Start,
         InputKind::Blocked,
         InputKind::Spawned,
@@ -114,6 +124,7 @@ impl InputKind {
         InputKind::Restart,
         InputKind::Escalate,
         InputKind::Deadline,
+        InputKind::Retry,
     ];
 }
 
@@ -132,6 +143,7 @@ impl Input {
             Input::Restart => InputKind::Restart,
             Input::Escalate(_) => InputKind::Escalate,
             Input::Deadline => InputKind::Deadline,
+            Input::Retry => InputKind::Retry,
         }
     }
 }
@@ -158,6 +170,24 @@ pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
             | I::StepExited
             | I::Restart
             | I::Escalate
+            | I::Deadline
+            | I::Retry,
+        ) => Supervisor::ignore,
+
+        (P::Backoff, I::Retry) => Supervisor::retry,
+        (P::Backoff, I::Stop) => Supervisor::stopped_before_start,
+        (
+            P::Backoff,
+            I::Start
+            | I::Blocked
+            | I::Spawned
+            | I::Ready
+            | I::StartFailed
+            | I::Exited
+            | I::StepStarted
+            | I::StepExited
+            | I::Restart
+            | I::Escalate
             | I::Deadline,
         ) => Supervisor::ignore,
 
@@ -167,9 +197,10 @@ pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
         (P::Starting, I::StepExited) => Supervisor::step_exited,
         (P::Starting, I::Stop) => Supervisor::begin_stop,
         (P::Starting, I::Deadline) => Supervisor::deadline_passed,
-        (P::Starting, I::Start | I::Blocked | I::Ready | I::Exited | I::Restart | I::Escalate) => {
-            Supervisor::ignore
-        }
+        (
+            P::Starting,
+            I::Start | I::Blocked | I::Ready | I::Exited | I::Restart | I::Escalate | I::Retry,
+        ) => Supervisor::ignore,
 
         (P::Running, I::Ready) => Supervisor::became_ready,
         (P::Running, I::StartFailed) => Supervisor::start_failed,
@@ -179,7 +210,13 @@ pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
         (P::Running, I::Deadline) => Supervisor::deadline_passed,
         (
             P::Running,
-            I::Start | I::Blocked | I::Spawned | I::StepStarted | I::StepExited | I::Escalate,
+            I::Start
+            | I::Blocked
+            | I::Spawned
+            | I::StepStarted
+            | I::StepExited
+            | I::Escalate
+            | I::Retry,
         ) => Supervisor::ignore,
 
         (P::Ready, I::Exited) => Supervisor::exited,
@@ -195,7 +232,8 @@ pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
             | I::StepStarted
             | I::StepExited
             | I::Escalate
-            | I::Deadline,
+            | I::Deadline
+            | I::Retry,
         ) => Supervisor::ignore,
 
         (P::Stopping, I::Spawned) => Supervisor::spawned_while_stopping,
@@ -204,9 +242,10 @@ pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
         (P::Stopping, I::StepStarted) => Supervisor::step_started_while_stopping,
         (P::Stopping, I::StepExited) => Supervisor::step_exited_while_stopping,
         (P::Stopping, I::Escalate) => Supervisor::escalate,
-        (P::Stopping, I::Start | I::Blocked | I::Ready | I::Stop | I::Restart | I::Deadline) => {
-            Supervisor::ignore
-        }
+        (
+            P::Stopping,
+            I::Start | I::Blocked | I::Ready | I::Stop | I::Restart | I::Deadline | I::Retry,
+        ) => Supervisor::ignore,
 
         (
             P::Done,
@@ -221,7 +260,8 @@ pub(super) fn cell(phase: Phase, input: InputKind) -> Cell {
             | I::Stop
             | I::Restart
             | I::Escalate
-            | I::Deadline,
+            | I::Deadline
+            | I::Retry,
         ) => Supervisor::ignore,
     }
 }
@@ -282,6 +322,7 @@ impl Supervisor {
         tracing::info!(pid = pid.as_raw(), "{} started", svc.spec.name);
         match svc.spec.readiness {
             Readiness::Started => {
+                svc.ready_since = Some(now);
                 self.timers.clear(Timer::StartDeadline(id));
                 if svc.spec.health.is_some() {
                     self.timers.set(Timer::Probe(id), now);
@@ -301,6 +342,7 @@ impl Supervisor {
     }
 
     fn became_ready(&mut self, id: Id, _: Input, now: Instant) -> Phase {
+        self.svcs[id].ready_since = Some(now);
         let svc = &self.svcs[id];
         let ms = svc
             .start_requested
@@ -391,29 +433,122 @@ impl Supervisor {
         let Input::Exited(exit) = input else {
             return self.svcs[id].phase;
         };
+        let was_ready = self.svcs[id].phase == Phase::Ready;
         self.forget_process(id, exit);
         let svc = &mut self.svcs[id];
         let name = svc.spec.name.clone();
         if self.shutdown.is_some() {
             tracing::info!("{name} {exit}");
-        } else if svc.spec.kind == Kind::Oneshot && exit.success() {
+            return Phase::Done;
+        }
+        if svc.spec.kind == Kind::Oneshot && exit.success() {
             tracing::info!("{name} completed");
-        } else if svc.spec.readiness == Readiness::Reported && svc.phase != super::Phase::Ready {
+            return Phase::Done;
+        }
+        if svc.spec.readiness == Readiness::Reported && !was_ready {
             // It never came up: a start failure (bad configuration, say), not a crash.
             svc.failed = true;
             tracing::error!("{name} {exit} before it was ready (its log above says why)");
             self.begin_shutdown(now, Some(EXIT_START_FAILED), None);
-        } else if svc.spec.main {
+            return Phase::Done;
+        }
+        let wants = svc
+            .spec
+            .restart
+            .as_ref()
+            .is_some_and(|r| !(r.on_failure_only && exit.success()));
+        if wants {
+            if let Some(delay) = self.schedule_restart(id, now) {
+                let svc = &self.svcs[id];
+                tracing::warn!(
+                    "{name} {exit}; restarting it in {} ms (restart {})",
+                    delay.as_millis(),
+                    svc.restarts
+                );
+                return Phase::Backoff;
+            }
+            let r = self.svcs[id]
+                .spec
+                .restart
+                .clone()
+                .unwrap_or_else(default_restart);
+            tracing::error!(
+                "{name} {exit}, and it was restarted {} times within {} s: giving up",
+                r.max_restarts,
+                r.window.as_secs()
+            );
+        }
+        self.failed_for_good(id, exit, now);
+        Phase::Done
+    }
+
+    /// A service that exited and will not run again: the main service's exit ends the
+    /// container with its code; a required one stops it (a oneshot with its own code);
+    /// any other is reported and the container goes on.
+    fn failed_for_good(&mut self, id: Id, exit: Exit, now: Instant) {
+        let svc = &mut self.svcs[id];
+        let name = svc.spec.name.clone();
+        if svc.spec.main {
             tracing::info!("{name} {exit}; stopping the other services");
             self.begin_shutdown(now, Some(exit.shell_code()), None);
-        } else {
-            // Restart policies slot in here: the one place that decides what an unexpected
-            // exit means.
+        } else if svc.spec.required {
             svc.failed = true;
-            tracing::error!("{name} {exit} unexpectedly; stopping the container");
-            self.begin_shutdown(now, Some(EXIT_SERVICE_FAILED), None);
+            let code = if svc.spec.kind == Kind::Oneshot {
+                tracing::error!("{name} {exit}; stopping the container");
+                exit.shell_code()
+            } else {
+                tracing::error!("{name} {exit} unexpectedly; stopping the container");
+                EXIT_SERVICE_FAILED
+            };
+            self.begin_shutdown(now, Some(code), None);
+        } else {
+            svc.failed = true;
+            tracing::warn!("{name} {exit}; it is not required, so the others go on");
         }
-        Phase::Done
+    }
+
+    /// Counts a restart and arms its delay, or `None` when `max_restarts` are used up within
+    /// the window. Its backoff starts over once it had stayed ready for `reset_after`.
+    pub(super) fn schedule_restart(&mut self, id: Id, now: Instant) -> Option<Duration> {
+        let r = self.svcs[id].spec.restart.clone()?;
+        let svc = &mut self.svcs[id];
+        if svc
+            .ready_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= r.reset_after)
+        {
+            svc.attempt = 0;
+        }
+        svc.ready_since = None;
+        svc.restart_times
+            .retain(|t| now.saturating_duration_since(*t) < r.window);
+        if svc.restart_times.len() as u32 >= r.max_restarts {
+            return None;
+        }
+        let base = r.base_delay(svc.attempt).as_secs_f64();
+        svc.attempt += 1;
+        svc.restart_times.push(now);
+        svc.restarts += 1;
+        let spread = r.jitter * (2.0 * self.random() - 1.0);
+        let delay = Duration::from_secs_f64((base * (1.0 + spread)).max(0.0));
+        self.timers.set(Timer::Restart(id), now + delay);
+        Some(delay)
+    }
+
+    /// A number in [0, 1), from xorshift64*: deterministic for a seed, so tests can bound it.
+    fn random(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The restart delay is over (cell): it waits for its dependencies again, and starts at
+    /// once if they hold.
+    fn retry(&mut self, id: Id, _: Input, _now: Instant) -> Phase {
+        self.svcs[id].exit = None;
+        Phase::Waiting
     }
 
     /// The main process is gone: what the runtime and the probes knew of it goes too.
@@ -452,14 +587,34 @@ impl Supervisor {
         let stop = svc.stop.take();
         if svc.restarting && !shutting_down {
             svc.restarting = false;
-            svc.restarts += 1;
             svc.exit = None;
-            tracing::info!(
-                "{} {exit}; starting it again (restart {})",
-                svc.spec.name,
-                svc.restarts
-            );
-            return Phase::Waiting;
+            if svc.spec.restart.is_none() {
+                svc.restarts += 1;
+                tracing::info!(
+                    "{} {exit}; starting it again (restart {})",
+                    svc.spec.name,
+                    svc.restarts
+                );
+                return Phase::Waiting;
+            }
+            let name = svc.spec.name.clone();
+            return match self.schedule_restart(id, now) {
+                Some(delay) => {
+                    tracing::info!(
+                        "{name} {exit}; starting it again in {} ms (restart {})",
+                        delay.as_millis(),
+                        self.svcs[id].restarts
+                    );
+                    Phase::Backoff
+                }
+                None => {
+                    tracing::error!(
+                        "{name} stays unhealthy and was restarted too often: giving up"
+                    );
+                    self.failed_for_good(id, exit, now);
+                    Phase::Done
+                }
+            };
         }
         if let Some(stop) = &stop {
             let ms = now.saturating_duration_since(stop.began).as_millis();
@@ -473,4 +628,18 @@ impl Supervisor {
 /// The phase a cell leaves unchanged.
 fn svc_phase(sup: &Supervisor, id: Id) -> Phase {
     sup.svcs[id].phase
+}
+
+/// What a restart policy's unset fields are.
+pub fn default_restart() -> RestartSpec {
+    RestartSpec {
+        on_failure_only: true,
+        delay: Duration::from_secs(1),
+        factor: 2.0,
+        max_delay: Duration::from_secs(30),
+        jitter: 0.1,
+        max_restarts: 5,
+        window: Duration::from_secs(60),
+        reset_after: Duration::from_secs(30),
+    }
 }

@@ -522,7 +522,11 @@ fn oneshot_gates_its_dependents_and_its_failure_stops_the_container() {
             exit: Exit::Code(0),
         },
     );
-    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+    assert_eq!(
+        h.exit_code(),
+        Some(2),
+        "the oneshot's own code: it is the cause"
+    );
     assert!(!h.actions().contains(&Action::Start(APP)));
 }
 
@@ -600,10 +604,20 @@ fn unhealthy_app_is_restarted_after_retries_failures_outside_its_start_period() 
     let mut h = with_app_probe(OnUnhealthy::Restart);
     h.up();
     assert_eq!(probes_at(&h, APP), vec![401 * MS], "first probe at start");
-    // Failures inside the start period do not count; the cadence is fast until healthy.
+    // Failures inside the start period do not count; until healthy the probes come 10 ms
+    // after an answer, then 15, then at most 20: noticed within 20 ms of answering.
     h.probe_at(402, APP, fail("connection refused"));
-    h.run_until(h.t0 + 652 * MS);
-    assert_eq!(probes_at(&h, APP), vec![401 * MS, 652 * MS]);
+    h.run_until(h.t0 + 412 * MS);
+    h.probe_at(413, APP, fail("connection refused"));
+    h.run_until(h.t0 + 428 * MS);
+    h.probe_at(429, APP, fail("connection refused"));
+    h.run_until(h.t0 + 449 * MS);
+    h.probe_at(450, APP, fail("connection refused"));
+    h.run_until(h.t0 + 470 * MS);
+    assert_eq!(
+        probes_at(&h, APP),
+        vec![401 * MS, 412 * MS, 428 * MS, 449 * MS, 470 * MS]
+    );
     h.probe_at(660, APP, Outcome::Ok);
     assert_eq!(h.sup.health(APP), (Some(Health::Healthy), 0));
     // Healthy: the next probe comes an interval later.
@@ -712,4 +726,814 @@ fn postgres_exiting_before_ready_is_a_start_failure() {
     );
     assert_eq!(h.exit_code(), Some(EXIT_START_FAILED));
     assert!(!h.actions().contains(&Action::Start(APP)));
+}
+
+// ---------------------------------------------------------------------------------------
+// The transition table: every (phase, input) pair.
+
+/// A database service ("db", ready when reported, so Running and Ready differ) behind a
+/// oneshot gate, driven into `phase` through real events.
+fn in_phase(phase: Phase) -> (Harness, Id) {
+    const DB: Id = 1;
+    let defs = vec![
+        ServiceDef::oneshot("gate"),
+        ServiceDef::database("db")
+            .main(true)
+            .restart(Some(table::default_restart()))
+            .after("gate", Condition::Completed),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    let pid = Pid::from_raw;
+    let mut script = vec![
+        // Starting: the gate completed.
+        Event::Started { id: 0, pid: pid(5) },
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(0),
+        },
+        // Running, Ready, Stopping, Done.
+        Event::Started {
+            id: DB,
+            pid: pid(10),
+        },
+        Event::Ready { id: DB },
+        Event::Signal(Signal::SIGTERM),
+        Event::Exited {
+            id: DB,
+            exit: Exit::Code(0),
+        },
+    ];
+    let upto = match phase {
+        Phase::Waiting => 0,
+        Phase::Starting => 2,
+        Phase::Running => 3,
+        Phase::Ready | Phase::Backoff => 4,
+        Phase::Stopping => 5,
+        Phase::Done => 6,
+    };
+    script.truncate(upto);
+    if phase == Phase::Backoff {
+        // A failure after it was ready: its restart policy holds it back for a while.
+        script.push(Event::Exited {
+            id: DB,
+            exit: Exit::Code(1),
+        });
+    }
+    for (i, ev) in script.into_iter().enumerate() {
+        h.at(Duration::from_millis(i as u64), ev);
+    }
+    assert_eq!(h.sup.svcs[DB].phase, phase, "set-up of {phase:?}");
+    (h, DB)
+}
+
+fn input_of(kind: table::InputKind) -> Input {
+    use table::InputKind as K;
+    let step = Step {
+        name: "init script 01.sh".into(),
+        kind: StepKind::Task,
+        timeout: None,
+    };
+    match kind {
+        K::Start => Input::Start,
+        K::Blocked => Input::Blocked("gate failed".into()),
+        K::Spawned => Input::Spawned(Pid::from_raw(11)),
+        K::Ready => Input::Ready,
+        K::StartFailed => Input::StartFailed {
+            reason: "broken".into(),
+            code: 1,
+        },
+        K::Exited => Input::Exited(Exit::Code(0)),
+        K::StepStarted => Input::StepStarted(step, Pid::from_raw(50)),
+        K::StepExited => Input::StepExited(Pid::from_raw(50)),
+        K::Stop => Input::Stop,
+        K::Restart => Input::Restart,
+        K::Escalate => Input::Escalate("test"),
+        K::Deadline => Input::Deadline,
+        K::Retry => Input::Retry,
+    }
+}
+
+/// The phase each cell leaves the service in. Rows are phases, columns the inputs in
+/// `InputKind::ALL` order: Start, Blocked, Spawned, Ready, StartFailed, Exited,
+/// StepStarted, StepExited, Stop, Restart, Escalate, Deadline, Retry. A cell that begins
+/// the shutdown keeps its phase: the stop reaches the service through `Stop`.
+#[test]
+fn every_phase_and_input_pair_has_its_cell() {
+    use Phase::*;
+    let table: [(Phase, [Phase; 13]); 7] = [
+        (
+            Waiting,
+            [
+                Starting, Done, Waiting, Waiting, Waiting, Waiting, Waiting, Waiting, Done,
+                Waiting, Waiting, Waiting, Waiting,
+            ],
+        ),
+        (
+            Backoff,
+            [
+                Backoff, Backoff, Backoff, Backoff, Backoff, Backoff, Backoff, Backoff, Done,
+                Backoff, Backoff, Backoff, Waiting,
+            ],
+        ),
+        (
+            Starting,
+            [
+                Starting, Starting, Running, Starting, Done, Starting, Starting, Starting,
+                Stopping, Starting, Starting, Starting, Starting,
+            ],
+        ),
+        (
+            Running,
+            [
+                Running, Running, Running, Ready, Running, Done, Running, Running, Stopping,
+                Stopping, Running, Running, Running,
+            ],
+        ),
+        (
+            Ready,
+            [
+                Ready, Ready, Ready, Ready, Ready, Done, Ready, Ready, Stopping, Stopping, Ready,
+                Ready, Ready,
+            ],
+        ),
+        (
+            Stopping,
+            [
+                Stopping, Stopping, Stopping, Stopping, Done, Done, Stopping, Stopping, Stopping,
+                Stopping, Stopping, Stopping, Stopping,
+            ],
+        ),
+        (Done, [Done; 13]),
+    ];
+    let mut walked = 0;
+    for (phase, row) in table {
+        for (kind, want) in table::InputKind::ALL.into_iter().zip(row) {
+            let (mut h, id) = in_phase(phase);
+            let now = h.now + MS;
+            h.sup.apply(id, input_of(kind), now);
+            assert_eq!(
+                h.sup.svcs[id].phase, want,
+                "({phase:?}, {kind:?}) should leave {want:?}"
+            );
+            walked += 1;
+        }
+    }
+    assert_eq!(
+        walked,
+        Phase::ALL.len() * table::InputKind::ALL.len(),
+        "every pair"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Set-up steps, the start deadline, external services, the exit after a stop.
+
+fn step(name: &str, kind: StepKind, timeout: Option<Duration>) -> Step {
+    Step {
+        name: name.into(),
+        kind,
+        timeout,
+    }
+}
+
+fn step_started(id: Id, s: Step, pid: i32) -> Event {
+    Event::StepStarted {
+        id,
+        step: s,
+        pid: Pid::from_raw(pid),
+    }
+}
+
+fn step_exited(id: Id, pid: i32, exit: Exit) -> Event {
+    Event::StepExited {
+        id,
+        pid: Pid::from_raw(pid),
+        exit,
+    }
+}
+
+fn to_group(id: Id, pid: i32, signal: Signal) -> Action {
+    Action::Signal {
+        id,
+        signal,
+        to: Target::Group(Pid::from_raw(pid)),
+    }
+}
+
+fn to_leader(id: Id, pid: i32, signal: Signal) -> Action {
+    Action::Signal {
+        id,
+        signal,
+        to: Target::Leader(Pid::from_raw(pid)),
+    }
+}
+
+fn gave_up(h: &mut Harness, ms: u64) {
+    h.at(
+        Duration::from_millis(ms),
+        Event::StartFailed {
+            id: PG,
+            reason: "stopped before the first start was complete".into(),
+            code: 1,
+        },
+    );
+}
+
+#[test]
+fn sigterm_during_initdb_kills_it_at_once_and_exits() {
+    let mut h = Harness::pair();
+    let initdb = step("initdb", StepKind::Scratch, Some(Duration::from_secs(300)));
+    h.at(10 * MS, step_started(PG, initdb, 50));
+    h.at(400 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&Action::CancelSetup(PG)), Some(400 * MS));
+    assert_eq!(h.when(&to_group(PG, 50, Signal::SIGKILL)), Some(400 * MS));
+    h.at(402 * MS, step_exited(PG, 50, Exit::Signal(9)));
+    gave_up(&mut h, 403);
+    assert_eq!(h.log.last(), Some(&(403 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn sigterm_during_a_script_stops_its_group_then_the_temporary_server() {
+    let mut h = Harness::pair();
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(100 * MS, step_started(PG, server, 60));
+    h.at(300 * MS, Event::StepReady { id: PG });
+    h.at(
+        310 * MS,
+        step_started(PG, step("init script 01.sh", StepKind::Task, None), 70),
+    );
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&to_group(PG, 70, Signal::SIGTERM)), Some(1000 * MS));
+    assert_eq!(
+        h.when(&to_leader(PG, 60, Signal::SIGINT)),
+        None,
+        "the script first"
+    );
+    h.at(1005 * MS, step_exited(PG, 70, Exit::Signal(15)));
+    assert_eq!(h.when(&to_leader(PG, 60, Signal::SIGINT)), Some(1005 * MS));
+    h.at(1090 * MS, step_exited(PG, 60, Exit::Code(0)));
+    gave_up(&mut h, 1091);
+    assert_eq!(h.exit_code(), Some(0));
+    assert!(!h.actions().contains(&to_group(PG, 70, Signal::SIGKILL)));
+}
+
+#[test]
+fn a_script_that_ignores_sigterm_is_killed_and_the_server_keeps_time_for_its_ladder() {
+    let mut h = Harness::pair();
+    h.at(
+        100 * MS,
+        step_started(PG, step("the temporary server", StepKind::Server, None), 60),
+    );
+    h.at(
+        310 * MS,
+        step_started(PG, step("init script 01.sh", StepKind::Task, None), 70),
+    );
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    h.run_until(h.t0 + 1750 * MS);
+    // postgres' step time: a quarter of its 3 s reserve.
+    assert_eq!(h.when(&to_group(PG, 70, Signal::SIGKILL)), Some(1750 * MS));
+    h.at(1751 * MS, step_exited(PG, 70, Exit::Signal(9)));
+    h.run_to_end();
+    // The server's ladder ends inside postgres' window: 10.0 s budget end less 0.5 s grace.
+    assert_eq!(h.when(&to_leader(PG, 60, Signal::SIGINT)), Some(1751 * MS));
+    assert_eq!(h.when(&to_leader(PG, 60, Signal::SIGQUIT)), Some(8750 * MS));
+    assert_eq!(h.when(&to_group(PG, 60, Signal::SIGKILL)), Some(9500 * MS));
+    assert_eq!(h.log.last(), Some(&(10_000 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn a_step_past_its_deadline_fails_the_start_through_the_ladder() {
+    let mut h = Harness::pair();
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(100 * MS, step_started(PG, server, 60));
+    h.run_until(h.t0 + 60_100 * MS);
+    assert_eq!(
+        h.when(&to_leader(PG, 60, Signal::SIGINT)),
+        Some(60_100 * MS)
+    );
+    h.at(60_200 * MS, step_exited(PG, 60, Exit::Code(0)));
+    gave_up(&mut h, 60_201);
+    assert_eq!(h.exit_code(), Some(EXIT_START_FAILED));
+}
+
+#[test]
+fn a_server_step_that_is_ready_has_no_deadline_and_is_stopped_when_the_setup_asks() {
+    let mut h = Harness::pair();
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(100 * MS, step_started(PG, server, 60));
+    h.at(300 * MS, Event::StepReady { id: PG });
+    assert_eq!(
+        h.sup.next_deadline(),
+        None,
+        "ready: no deadline while scripts run"
+    );
+    h.at(90_000 * MS, Event::StepStopWanted { id: PG });
+    assert_eq!(
+        h.when(&to_leader(PG, 60, Signal::SIGINT)),
+        Some(90_000 * MS)
+    );
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(h.t0 + 90_000 * MS + stop::SERVER_STEP_STOP)
+    );
+    h.at(90_100 * MS, step_exited(PG, 60, Exit::Code(0)));
+    assert_eq!(h.sup.next_deadline(), None);
+    h.at(
+        90_110 * MS,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    h.at(90_300 * MS, Event::Ready { id: PG });
+    assert_eq!(h.when(&Action::Start(APP)), Some(90_300 * MS));
+    assert_eq!(h.exit_code(), None);
+}
+
+#[test]
+fn postgres_never_ready_is_stopped_through_its_ladder_within_the_budget() {
+    let mut defs = pair_defs();
+    defs[0] = defs[0].clone().start_timeout(Some(Duration::from_secs(1)));
+    let mut h = Harness::new(build(Duration::from_secs(3), defs), Duration::from_secs(3));
+    h.at(
+        100 * MS,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    h.run_to_end();
+    // Ready deadline at 1.1 s; budget 3 s from there (end 4.1 s, grace 0.3 s, step 0.25 s).
+    assert_eq!(h.when(&sig(PG, Signal::SIGINT)), Some(1100 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGQUIT)), Some(3550 * MS));
+    assert_eq!(h.when(&sig(PG, Signal::SIGKILL)), Some(3800 * MS));
+    assert_eq!(
+        h.log.last(),
+        Some(&(
+            4100 * MS,
+            Action::Exit {
+                code: EXIT_START_FAILED
+            }
+        ))
+    );
+    assert!(!h.actions().contains(&Action::Start(APP)));
+}
+
+#[test]
+fn an_external_service_gates_its_dependents_on_its_probe_and_is_never_started() {
+    let db = HealthSpec {
+        probe_kind: "postgres",
+        ..http_health(OnUnhealthy::Report)
+    };
+    let defs = vec![
+        ServiceDef::external("db", db),
+        ServiceDef::daemon("app")
+            .main(true)
+            .after("db", Condition::Healthy),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    assert_eq!(h.actions(), vec![Action::Probe(0)], "probed, not started");
+    h.probe_at(5, 0, fail("connection refused"));
+    h.run_until(h.t0 + 15 * MS);
+    assert_eq!(
+        probes_at(&h, 0),
+        vec![Duration::ZERO, 15 * MS],
+        "10 ms apart at first"
+    );
+    let verdict = h.sup.verdict(&[], h.now);
+    assert_eq!(verdict.services[0].state, verdict::State::Starting);
+    assert_eq!(verdict.services[1].state, verdict::State::NotRunning);
+    h.probe_at(300, 0, Outcome::Ok);
+    assert_eq!(h.when(&Action::Start(APP)), Some(300 * MS));
+    h.at(
+        301 * MS,
+        Event::Started {
+            id: APP,
+            pid: Pid::from_raw(20),
+        },
+    );
+    // The database going away is reported; the app is not stopped for it.
+    for t in [5300, 10_300, 15_300] {
+        h.run_until(h.t0 + Duration::from_millis(t));
+        h.probe_at(t + 1, 0, fail("connection refused"));
+    }
+    assert_eq!(h.sup.health(0), (Some(Health::Unhealthy), 3));
+    assert!(!h
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Signal { .. })));
+    let verdict = h
+        .sup
+        .verdict(&[Some(probe(fail("connection refused"))), None], h.now);
+    assert!(!verdict.healthy);
+    assert_eq!(verdict.services[0].tries, Some(4));
+    // A stop has nothing to signal for it.
+    h.at(20_000 * MS, Event::Signal(Signal::SIGTERM));
+    h.at(
+        20_050 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.log.last(), Some(&(20_050 * MS, Action::Exit { code: 0 })));
+}
+
+#[test]
+fn after_a_stop_an_app_ended_by_its_stop_signal_exits_0_unless_told_otherwise() {
+    for (mode, exit, want) in [
+        (StopExit::Clean, Exit::Signal(15), 0),
+        (StopExit::App, Exit::Signal(15), 143),
+        (StopExit::Clean, Exit::Signal(9), 137),
+        (StopExit::Clean, Exit::Code(3), 3),
+    ] {
+        let settings = Settings {
+            stop_exit: mode,
+            ..Settings::new(B9)
+        };
+        let mut h = Harness::with(build(B9, pair_defs()), settings);
+        h.up();
+        h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+        h.at(1100 * MS, Event::Exited { id: APP, exit });
+        h.at(
+            1200 * MS,
+            Event::Exited {
+                id: PG,
+                exit: Exit::Code(0),
+            },
+        );
+        assert_eq!(h.exit_code(), Some(want), "{mode:?} {exit}");
+    }
+    // Killed by SIGTERM from someone else, with no stop asked for: its own code.
+    let mut h = Harness::pair();
+    h.up();
+    h.at(
+        1100 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(15),
+        },
+    );
+    h.at(
+        1200 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.exit_code(), Some(143));
+}
+
+#[test]
+fn the_verdict_says_which_step_a_starting_service_is_in_and_a_completed_oneshot_is_ok() {
+    let mut defs = pair_defs();
+    defs.push(ServiceDef::oneshot("migrate"));
+    let mut h = Harness::new(build(B9, defs), B9);
+    h.at(
+        10 * MS,
+        step_started(PG, step("init script 01.sql", StepKind::Task, None), 70),
+    );
+    h.at(
+        20 * MS,
+        Event::Started {
+            id: 2,
+            pid: Pid::from_raw(30),
+        },
+    );
+    h.at(
+        30 * MS,
+        Event::Exited {
+            id: 2,
+            exit: Exit::Code(0),
+        },
+    );
+    let v = h.sup.verdict(&[], h.now);
+    assert!(!v.healthy);
+    assert_eq!(v.services[PG].state, verdict::State::Starting);
+    assert_eq!(v.services[PG].detail.as_deref(), Some("init script 01.sql"));
+    assert_eq!(v.services[APP].state, verdict::State::NotRunning);
+    assert_eq!(v.services[2].state, verdict::State::Ok);
+    assert!(v.services[2].healthy);
+}
+
+// ---------------------------------------------------------------------------------------
+// The service graph: layers, conditions, backoff, the restart window, the budget split.
+
+fn restarting(spec: RestartSpec) -> Harness {
+    let defs = vec![ServiceDef::daemon("worker").restart(Some(spec))];
+    Harness::new(build(B9, defs), B9)
+}
+
+fn backoff_spec(jitter: f64) -> RestartSpec {
+    RestartSpec {
+        on_failure_only: true,
+        delay: Duration::from_millis(100),
+        factor: 2.0,
+        max_delay: Duration::from_millis(500),
+        jitter,
+        max_restarts: 5,
+        window: Duration::from_secs(60),
+        reset_after: Duration::from_secs(10),
+    }
+}
+
+/// Runs the worker (id 0) through `n` crashes at 10 ms after each start; the instants its
+/// Start actions came, from the first.
+fn crash_loop(h: &mut Harness, n: usize) -> Vec<Duration> {
+    let mut starts = vec![];
+    for i in 0..n {
+        let at = h
+            .log
+            .iter()
+            .filter(|(_, a)| *a == Action::Start(0))
+            .nth(i)
+            .map(|(t, _)| *t);
+        let Some(at) = at else {
+            h.run_until(h.t0 + Duration::from_secs(3600));
+            match h.log.iter().filter(|(_, a)| *a == Action::Start(0)).nth(i) {
+                Some((t, _)) => starts.push(*t),
+                None => return starts,
+            }
+            continue;
+        };
+        starts.push(at);
+        h.at(
+            at,
+            Event::Started {
+                id: 0,
+                pid: Pid::from_raw(40 + i as i32),
+            },
+        );
+        h.at(
+            at + 10 * MS,
+            Event::Exited {
+                id: 0,
+                exit: Exit::Code(1),
+            },
+        );
+        h.run_until(h.t0 + Duration::from_secs(3600));
+    }
+    starts
+}
+
+#[test]
+fn restarts_back_off_exponentially_up_to_the_cap_then_give_up_and_stop_the_container() {
+    let mut h = restarting(backoff_spec(0.0));
+    let starts = crash_loop(&mut h, 8);
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0] - 10 * MS).as_millis())
+        .collect();
+    // 100, 200, 400, then the 500 ms cap; 5 restarts, then it has failed for good.
+    assert_eq!(gaps, [100, 200, 400, 500, 500]);
+    assert_eq!(h.sup.status(h.now)[0].restarts, 5);
+    assert_eq!(
+        h.exit_code(),
+        Some(EXIT_SERVICE_FAILED),
+        "required: the container stops"
+    );
+}
+
+#[test]
+fn jitter_stays_within_its_bounds_and_differs_between_restarts() {
+    let mut seen = Vec::new();
+    for seed in 1..20u64 {
+        let settings = Settings {
+            seed,
+            ..Settings::new(B9)
+        };
+        let defs = vec![ServiceDef::daemon("worker").restart(Some(backoff_spec(0.2)))];
+        let mut h = Harness::with(build(B9, defs), settings);
+        let starts = crash_loop(&mut h, 3);
+        for (i, w) in starts.windows(2).enumerate() {
+            let gap = (w[1] - w[0] - 10 * MS).as_secs_f64() * 1000.0;
+            let base = 100.0 * 2f64.powi(i as i32);
+            assert!(
+                gap >= base * 0.8 - 0.001 && gap <= base * 1.2 + 0.001,
+                "seed {seed}, restart {i}: {gap} ms is outside {base} +-20 %"
+            );
+            seen.push(gap.round() as u64);
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert!(seen.len() > 10, "jitter should vary the delays: {seen:?}");
+}
+
+#[test]
+fn the_restart_window_forgets_old_restarts_and_staying_ready_resets_the_delay() {
+    let spec = RestartSpec {
+        max_restarts: 2,
+        window: Duration::from_secs(5),
+        reset_after: Duration::from_secs(3),
+        ..backoff_spec(0.0)
+    };
+    let mut h = restarting(spec);
+    // Two quick crashes use up the window.
+    let starts = crash_loop(&mut h, 2);
+    assert_eq!(starts.len(), 2);
+    // Third start, stays ready for 4 s (past reset_after), crashes: delay back to 100 ms.
+    h.run_until(h.t0 + Duration::from_secs(3600));
+    let third = h
+        .log
+        .iter()
+        .filter(|(_, a)| *a == Action::Start(0))
+        .nth(2)
+        .map(|(t, _)| *t)
+        .expect("third start");
+    h.at(
+        third,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(90),
+        },
+    );
+    let crash = third + Duration::from_secs(6);
+    h.at(
+        crash,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(1),
+        },
+    );
+    assert_eq!(
+        h.exit_code(),
+        None,
+        "the first two restarts fell out of the window"
+    );
+    h.run_until(h.t0 + crash + Duration::from_secs(1));
+    let fourth = h
+        .log
+        .iter()
+        .filter(|(_, a)| *a == Action::Start(0))
+        .nth(3)
+        .map(|(t, _)| *t);
+    assert_eq!(
+        fourth,
+        Some(crash + 100 * MS),
+        "the delay starts over after a stable run"
+    );
+    // An exit 0 is not a failure: on-failure does not restart it; not main, so it failed.
+    h.at(
+        crash + 100 * MS,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(91),
+        },
+    );
+    h.at(
+        crash + 200 * MS,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+}
+
+/// db (external) <- migrate (oneshot) <- api, worker; cache (external) <- worker.
+fn graph_defs() -> Vec<ServiceDef> {
+    let probe = || HealthSpec {
+        probe_kind: "tcp",
+        ..http_health(OnUnhealthy::Report)
+    };
+    vec![
+        ServiceDef::external("db", probe()),
+        ServiceDef::external("cache", probe()),
+        ServiceDef::oneshot("migrate").after("db", Condition::Healthy),
+        ServiceDef::daemon("api")
+            .main(true)
+            .after("migrate", Condition::Completed)
+            .after("db", Condition::Healthy)
+            .stop_timeout(Some(Duration::from_secs(3))),
+        ServiceDef::daemon("worker")
+            .after("api", Condition::Started)
+            .after("cache", Condition::Healthy)
+            .stop_timeout(Some(Duration::from_secs(2))),
+    ]
+}
+
+#[test]
+fn a_graph_starts_in_layers_each_the_moment_its_condition_holds() {
+    let (db, cache, migrate, api, worker) = (0, 1, 2, 3, 4);
+    let mut h = Harness::new(build(B9, graph_defs()), B9);
+    assert_eq!(h.actions(), vec![Action::Probe(db), Action::Probe(cache)]);
+    h.probe_at(50, cache, Outcome::Ok);
+    assert_eq!(h.when(&Action::Start(migrate)), None, "db is not up yet");
+    h.probe_at(120, db, Outcome::Ok);
+    assert_eq!(h.when(&Action::Start(migrate)), Some(120 * MS));
+    h.at(
+        125 * MS,
+        Event::Started {
+            id: migrate,
+            pid: Pid::from_raw(30),
+        },
+    );
+    assert_eq!(
+        h.when(&Action::Start(api)),
+        None,
+        "migrate has not completed"
+    );
+    h.at(
+        400 * MS,
+        Event::Exited {
+            id: migrate,
+            exit: Exit::Code(0),
+        },
+    );
+    assert_eq!(h.when(&Action::Start(api)), Some(400 * MS));
+    assert_eq!(h.when(&Action::Start(worker)), None, "api has not started");
+    h.at(
+        401 * MS,
+        Event::Started {
+            id: api,
+            pid: Pid::from_raw(31),
+        },
+    );
+    assert_eq!(h.when(&Action::Start(worker)), Some(401 * MS));
+}
+
+#[test]
+fn a_graph_stops_in_reverse_each_service_keeping_its_share_of_the_budget() {
+    let specs = build(B9, graph_defs());
+    let (signals, exit_at) = stop::rehearse(specs, Settings::new(B9));
+    let at = |svc: &str, sig: Signal| {
+        signals
+            .iter()
+            .find(|r| r.service == svc && r.signal == sig)
+            .map(|r| r.at)
+    };
+    // worker first (its own 2 s, less nothing after it but api's 3 s and the 0.5 s grace).
+    assert_eq!(at("worker", Signal::SIGTERM), Some(Duration::ZERO));
+    assert_eq!(
+        at("api", Signal::SIGTERM),
+        Some(Duration::from_secs(2)),
+        "after worker"
+    );
+    assert_eq!(at("worker", Signal::SIGKILL), Some(Duration::from_secs(2)));
+    assert_eq!(at("api", Signal::SIGKILL), Some(Duration::from_secs(5)));
+    assert!(
+        at("db", Signal::SIGTERM).is_none(),
+        "external: nothing to signal"
+    );
+    assert!(exit_at <= B9, "{exit_at:?}");
+}
+
+#[test]
+fn a_dependency_that_failed_for_good_stops_the_container_instead_of_a_hang() {
+    let defs = vec![
+        ServiceDef::oneshot("migrate").required(false),
+        ServiceDef::daemon("api")
+            .main(true)
+            .after("migrate", Condition::Completed),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    h.at(
+        10 * MS,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(30),
+        },
+    );
+    h.at(
+        20 * MS,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(4),
+        },
+    );
+    // Not required, so its own failure does not stop the container; but api can never
+    // start, and that does.
+    assert_eq!(h.exit_code(), Some(EXIT_SERVICE_FAILED));
+    assert!(!h.actions().contains(&Action::Start(1)));
+}
+
+#[test]
+fn a_service_that_is_not_required_may_fail_and_the_others_go_on() {
+    let defs = vec![
+        ServiceDef::daemon("api").main(true),
+        ServiceDef::daemon("metrics").required(false),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    for (id, pid) in [(0, 30), (1, 31)] {
+        h.at(
+            10 * MS,
+            Event::Started {
+                id,
+                pid: Pid::from_raw(pid),
+            },
+        );
+    }
+    h.at(
+        20 * MS,
+        Event::Exited {
+            id: 1,
+            exit: Exit::Code(1),
+        },
+    );
+    assert_eq!(h.exit_code(), None);
+    assert!(!h
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Signal { .. })));
 }

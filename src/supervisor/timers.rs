@@ -16,6 +16,8 @@ pub enum Timer {
     Probe(Id),
     /// The service (or the set-up step it is in) had until now to be ready or done.
     StartDeadline(Id),
+    /// The service's restart delay is over.
+    Restart(Id),
     /// The end of the stop budget: exit, whatever is still running.
     Budget,
 }

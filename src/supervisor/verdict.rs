@@ -143,6 +143,15 @@ pub fn judge(st: &ServiceStatus, fresh: Option<&ProbeReport>) -> ServiceHealth {
             (None, _) => ServiceHealth::without_probe(st, false, S::Starting, None),
         },
         Phase::Starting => ServiceHealth::without_probe(st, false, S::Starting, st.step.clone()),
+        Phase::Backoff => ServiceHealth::without_probe(
+            st,
+            false,
+            S::NotRunning,
+            Some(match st.exit {
+                Some(e) => format!("{e}; restarting"),
+                None => "restarting".into(),
+            }),
+        ),
         Phase::Waiting => ServiceHealth::without_probe(
             st,
             false,

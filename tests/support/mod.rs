@@ -256,7 +256,9 @@ impl Log {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf);
-                        let line = line.trim_end_matches(['\n', '\r']).to_string();
+                        // tandem right-aligns service names (`     app | `) so the `|`s line
+                        // up; the tests match on `app | ...`.
+                        let line = line.trim_end_matches(['\n', '\r']).trim_start().to_string();
                         lines.lock().unwrap().push((stream, line));
                     }
                 }

@@ -1,4 +1,4 @@
-//! Test helpers: one reaper for the whole test binary, and per-test directories and ports.
+//! Unit-test helpers for every module: one reaper for the whole test binary, and per-test directories and ports.
 //!
 //! `Reaper::reap` collects *every* child of the process, so two reapers in one test binary
 //! would steal each other's exit statuses: every test that spawns must use [`reaper`]. No
