@@ -121,19 +121,38 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
+/// The environment as text (the variables tandem reads) and as it is (for the children).
+type Environment = (HashMap<String, String>, Vec<(OsString, OsString)>);
+
 /// The environment twice: as text for the variables tandem reads, and as it is for the
-/// children (values that are not UTF-8 pass through untouched).
-fn environment() -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
+/// children (values that are not UTF-8 pass through untouched). A variable tandem reads
+/// whose value is not UTF-8 is an error naming it, never silently dropped.
+fn environment() -> Result<Environment, String> {
     let os: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let text = os
-        .iter()
-        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v.to_str()?.to_string())))
-        .collect();
-    (text, os)
+    let mut text = HashMap::new();
+    for (k, v) in &os {
+        let Some(name) = k.to_str() else { continue };
+        match v.to_str() {
+            Some(value) => {
+                text.insert(name.to_string(), value.to_string());
+            }
+            None if api::reads_variable(name) => {
+                return Err(format!(
+                    "{name} is not valid UTF-8 ({}); tandem reads it as text: set it to UTF-8 (or unset it)",
+                    String::from_utf8_lossy(v.as_encoded_bytes()).escape_debug()
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok((text, os))
 }
 
 fn check(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
-    let (env, os_env) = environment();
+    let (env, os_env) = match environment() {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
     // Finding PostgreSQL runs `pg_config` and `postgres --version`; someone must reap them.
     let reaper = Reaper::new();
     if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
@@ -172,7 +191,10 @@ fn run(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
     if let Err(e) = api::spawn_signal_thread(set, reaper.clone(), tx.clone()) {
         return fail(&e);
     }
-    let (env, os_env) = environment();
+    let (env, os_env) = match environment() {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
     let plan = match api::load(config, cmd, &env, &os_env, &reaper) {
         Ok(plan) => plan,
         Err(e) => {
@@ -237,7 +259,10 @@ fn healthcheck(json: bool, timeout: Duration) -> i32 {
 /// The same probes as a running tandem, run here: for debugging, and where the running
 /// tandem's socket is out of reach.
 fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
-    let (env, os_env) = environment();
+    let (env, os_env) = match environment() {
+        Ok(e) => e,
+        Err(e) => return unhealthy(&e, json),
+    };
     let probes = match api::direct_probes(&env, &os_env) {
         Ok(p) if p.is_empty() => {
             return unhealthy(

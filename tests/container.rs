@@ -130,7 +130,7 @@ fn becomes_healthy_and_serves_its_api(scope: &mut Scope, flavor: Flavor) {
     let has = |pid: Option<u32>, user: &str, comm: &str| {
         procs
             .iter()
-            .any(|(p, u, c)| pid.map_or(true, |x| x == *p) && u == user && c == comm)
+            .any(|(p, u, c)| pid.is_none_or(|x| x == *p) && u == user && c == comm)
     };
     assert!(
         has(Some(1), "root", "tandem"),

@@ -37,6 +37,17 @@ impl From<String> for PlanError {
     }
 }
 
+/// Whether tandem itself reads this variable (so its value must be text): its own, the
+/// official image's, libpq's, and the few of the system's it consults.
+pub fn reads_variable(name: &str) -> bool {
+    name.starts_with("TANDEM_")
+        || name.starts_with("POSTGRES_")
+        || matches!(
+            name,
+            "PGDATA" | "PGPORT" | "PG_BINDIR" | "PATH" | "XDG_RUNTIME_DIR" | "NO_COLOR"
+        )
+}
+
 /// The plan from the config file when there is one, else from the environment alone.
 pub fn load(
     config: Option<PathBuf>,

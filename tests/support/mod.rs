@@ -203,6 +203,8 @@ pub fn chown_to(path: &Path, uid: u32, gid: u32) {
 #[derive(Clone, Default)]
 pub struct Env {
     vars: BTreeMap<String, String>,
+    /// Values that are not UTF-8, set as raw bytes.
+    raw: BTreeMap<String, Vec<u8>>,
 }
 
 impl Env {
@@ -213,6 +215,14 @@ impl Env {
 
     pub fn remove(&mut self, key: &str) -> &mut Env {
         self.vars.remove(key);
+        self.raw.remove(key);
+        self
+    }
+
+    /// A value as raw bytes (not UTF-8, say).
+    pub fn set_bytes(&mut self, key: &str, value: &[u8]) -> &mut Env {
+        self.vars.remove(key);
+        self.raw.insert(key.to_string(), value.to_vec());
         self
     }
 
@@ -224,6 +234,10 @@ impl Env {
         command.env_clear().env("PATH", PATH);
         for (key, value) in &self.vars {
             command.env(key, value);
+        }
+        for (key, value) in &self.raw {
+            use std::os::unix::ffi::OsStrExt;
+            command.env(key, std::ffi::OsStr::from_bytes(value));
         }
     }
 }
