@@ -118,6 +118,7 @@ pub async fn prepare(
     let data = &settings.data_dir;
     match inspect(data)? {
         DataDir::Initialised => {
+            check_version(data, bins)?;
             tracing::info!(
                 "PostgreSQL data directory {} already holds a database; skipping initialisation",
                 data.display()
@@ -169,6 +170,55 @@ fn shorten(names: &[String]) -> String {
         shown.push("...");
     }
     shown.join(", ")
+}
+
+/// The major version that made PGDATA must be the binaries' own: a server refuses the files
+/// of another major, with a line buried in its log. Said up front instead, with the fix;
+/// nothing is started and nothing on disk changes.
+fn check_version(data: &Path, bins: &Binaries) -> Result<(), String> {
+    let file = data.join("PG_VERSION");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let made_by = text.trim();
+    let ours = major(&bins.version);
+    let (Some(theirs_n), Some(ours_n)) = (major_number(made_by), major_number(&ours)) else {
+        return Ok(()); // An unusual version string: let the server judge.
+    };
+    let dir = data.display();
+    if theirs_n > ours_n {
+        return Err(format!(
+            "PGDATA {dir} was initialised by PostgreSQL {made_by}, and these binaries ({}) are PostgreSQL {ours}: \
+             a data directory cannot be downgraded; use an image with PostgreSQL {made_by} or newer",
+            bins.dir.display()
+        ));
+    }
+    if theirs_n < ours_n {
+        return Err(format!(
+            "PGDATA {dir} was initialised by PostgreSQL {made_by}, and these binaries ({}) are PostgreSQL {ours}: \
+             upgrade the directory first (pg_upgrade, with PostgreSQL {made_by}'s binaries installed beside these), \
+             or dump it with PostgreSQL {made_by} and restore it into an empty PGDATA; nothing was changed",
+            bins.dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// "15.18" -> "15", "9.6.24" -> "9.6", "17" -> "17".
+fn major(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) if a.parse::<u32>().is_ok_and(|n| n < 10) => format!("{a}.{b}"),
+        (Some(a), _) => a.to_string(),
+        _ => version.to_string(),
+    }
+}
+
+/// A major version as a number that orders: 9.6 -> 906, 15 -> 1500.
+fn major_number(major: &str) -> Option<u32> {
+    let mut parts = major.split('.');
+    let first: u32 = parts.next()?.parse().ok()?;
+    let second: u32 = parts.next().map_or(Some(0), |p| p.parse().ok())?;
+    Some(first * 100 + second)
 }
 
 /// The official image refuses to create a superuser without a password unless told to trust.
@@ -1036,6 +1086,29 @@ EOSQL
         assert_eq!(inspect(data), Ok(DataDir::Initialised));
         std::fs::remove_file(data.join("PG_VERSION")).unwrap();
         assert_eq!(inspect(data), Ok(DataDir::Foreign(vec!["base".into()])));
+    }
+
+    #[test]
+    fn major_versions_compare_across_the_old_and_new_numbering() {
+        assert_eq!(major("15.18"), "15");
+        assert_eq!(major("9.6.24"), "9.6");
+        assert_eq!(major("17"), "17");
+        assert!(major_number("9.6") < major_number("10"));
+        assert!(major_number("15") < major_number("17"));
+        let bins = |v: &str| Binaries {
+            dir: "/usr/lib/postgresql/15/bin".into(),
+            version: v.into(),
+            source: "test",
+        };
+        let root = TempDir::new("version");
+        write(&root.path().join("PG_VERSION"), b"17\n", 0o600);
+        let err = check_version(root.path(), &bins("15")).unwrap_err();
+        assert!(err.contains("initialised by PostgreSQL 17") && err.contains("cannot be downgraded"), "{err}");
+        write(&root.path().join("PG_VERSION"), b"13\n", 0o600);
+        let err = check_version(root.path(), &bins("15.18")).unwrap_err();
+        assert!(err.contains("PostgreSQL 13") && err.contains("pg_upgrade") && err.contains("nothing was changed"), "{err}");
+        write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
+        assert_eq!(check_version(root.path(), &bins("15")), Ok(()));
     }
 
     #[test]
