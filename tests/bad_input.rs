@@ -310,14 +310,19 @@ fn a_data_directory_of_another_major_version_is_refused_untouched() {
     for (theirs, words) in [("99", "cannot be downgraded"), ("9.6", "pg_upgrade")] {
         let sandbox = Sandbox::new("other-major");
         mkdir(&sandbox.pgdata, 0o700);
-        let files = [("PG_VERSION", format!("{theirs}\n")), ("base", String::new())];
+        let files = [
+            ("PG_VERSION", format!("{theirs}\n")),
+            ("base", String::new()),
+        ];
         for (name, text) in &files {
             std::fs::write(sandbox.pgdata.join(name), text).unwrap();
         }
         let env = sandbox.env_with_db();
         let tandem = expect_failure(&env, &[&testapp()], None, 1, &["PostgreSQL"]);
         assert!(tandem.log.contains(words), "{}", tandem.log.text());
-        assert!(tandem.log.contains(&format!("initialised by PostgreSQL {theirs}")));
+        assert!(tandem
+            .log
+            .contains(&format!("initialised by PostgreSQL {theirs}")));
         let mut found: Vec<String> = std::fs::read_dir(&sandbox.pgdata)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -325,7 +330,10 @@ fn a_data_directory_of_another_major_version_is_refused_untouched() {
         found.sort();
         assert_eq!(found, ["PG_VERSION", "base"], "nothing added or removed");
         for (name, text) in &files {
-            assert_eq!(&std::fs::read_to_string(sandbox.pgdata.join(name)).unwrap(), text);
+            assert_eq!(
+                &std::fs::read_to_string(sandbox.pgdata.join(name)).unwrap(),
+                text
+            );
         }
     }
 }

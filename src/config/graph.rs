@@ -175,17 +175,22 @@ fn plan(
     }
 
     check_graph(f, p);
-    if !p.list.is_empty() {
-        return None;
-    }
+    // The budget is checked on what could be planned, even when other problems were found,
+    // so that every problem comes out at once.
+    let had_problems = !p.list.is_empty();
     let specs = match builder.build() {
         Ok(specs) => specs,
         Err(errors) => {
-            p.list.extend(errors);
+            if !had_problems {
+                p.list.extend(errors);
+            }
             return None;
         }
     };
     check_budget(&specs, f, budget, p);
+    if !p.list.is_empty() {
+        return None;
+    }
     let services = specs
         .into_iter()
         .zip(launches)

@@ -1103,10 +1103,18 @@ EOSQL
         let root = TempDir::new("version");
         write(&root.path().join("PG_VERSION"), b"17\n", 0o600);
         let err = check_version(root.path(), &bins("15")).unwrap_err();
-        assert!(err.contains("initialised by PostgreSQL 17") && err.contains("cannot be downgraded"), "{err}");
+        assert!(
+            err.contains("initialised by PostgreSQL 17") && err.contains("cannot be downgraded"),
+            "{err}"
+        );
         write(&root.path().join("PG_VERSION"), b"13\n", 0o600);
         let err = check_version(root.path(), &bins("15.18")).unwrap_err();
-        assert!(err.contains("PostgreSQL 13") && err.contains("pg_upgrade") && err.contains("nothing was changed"), "{err}");
+        assert!(
+            err.contains("PostgreSQL 13")
+                && err.contains("pg_upgrade")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
         write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
         assert_eq!(check_version(root.path(), &bins("15")), Ok(()));
     }

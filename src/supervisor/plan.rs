@@ -63,18 +63,19 @@ impl ServiceDef {
         ServiceDef::new(name, Kind::Daemon)
     }
 
-    // The config file's kinds (the zero-config mode has neither); the tests use them now.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn oneshot(name: &str) -> ServiceDef {
         ServiceDef::new(name, Kind::Oneshot)
     }
 
-    /// Something tandem does not run, known by its probe.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Something tandem does not run, known by its probe. It is never restarted: when it
+    /// stays unhealthy, that is reported.
     pub fn external(name: &str, health: HealthSpec) -> ServiceDef {
         ServiceDef {
             readiness: Some(Readiness::Probe),
-            health: Some(health),
+            health: Some(HealthSpec {
+                on_unhealthy: super::OnUnhealthy::Report,
+                ..health
+            }),
             ..ServiceDef::new(name, Kind::External)
         }
     }
