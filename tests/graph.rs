@@ -845,6 +845,16 @@ env = {{ DATABASE_URL = "{url}" }}
             "the app was restarted for its database (pid was {pid:?}): {status}"
         ));
     }
+    // tandem neither starts nor stops an external service: an unhealthy one is reported.
+    if let Some(line) = tandem
+        .own_lines()
+        .iter()
+        .find(|l| l.contains("restarting db"))
+    {
+        tandem.fail(&format!(
+            "tandem acts on the external db as if it ran it: {line:?}; status: {status}"
+        ));
+    }
 
     // And comes back: once the test can log in, tandem's next probes (every 500 ms) see it.
     external.start();
@@ -1072,7 +1082,12 @@ fn orphans_are_reaped(tandem: &Tandem) {
             .filter(|p| p.ppid == pid.as_raw() && p.comm == "sleep")
             .collect()
     };
-    let sleepers = adopted();
+    // A subshell may not have exec'd its `sleep` yet when `sh` exits: poll.
+    let mut sleepers = Vec::new();
+    poll_until(SHORT_TIMEOUT, || {
+        sleepers = adopted();
+        (sleepers.len() == ORPHANS).then_some(())
+    });
     if sleepers.len() != ORPHANS {
         tandem.fail(&format!(
             "{} of {ORPHANS} orphans have tandem (pid {pid}) as parent",
