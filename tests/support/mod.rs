@@ -1098,3 +1098,30 @@ impl Tandem {
         }
     }
 }
+
+impl Tandem {
+    /// Starts `tandem --config FILE` (no CMD) in the given mode.
+    pub fn start_config(mode: Mode, env: &Env, config: &Path) -> Tandem {
+        Tandem::start_raw(
+            mode,
+            env,
+            &["--config", config.to_str().unwrap()],
+            &[],
+            None,
+        )
+    }
+
+    /// [`Tandem::assert_clean_postgres_stop`] for runs without the test app: both halves of
+    /// a clean fast shutdown after the first line containing `marker` (e.g. tandem's
+    /// `postgres is ready`, which the temporary server of a first start never reaches).
+    pub fn assert_clean_postgres_stop_after(&self, marker: &str) {
+        for line in [
+            "received fast shutdown request",
+            "database system is shut down",
+        ] {
+            if !self.log.contains_after(marker, line) {
+                self.fail(&format!("no {line:?} from PostgreSQL after {marker:?}"));
+            }
+        }
+    }
+}
