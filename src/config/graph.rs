@@ -175,22 +175,17 @@ fn plan(
     }
 
     check_graph(f, p);
-    // The budget is checked on what could be planned, even when other problems were found,
-    // so that every problem comes out at once.
-    let had_problems = !p.list.is_empty();
-    let specs = match builder.build() {
-        Ok(specs) => specs,
-        Err(errors) => {
-            if !had_problems {
-                p.list.extend(errors);
-            }
-            return None;
-        }
-    };
-    check_budget(&specs, f, budget, p);
+    check_budget(f, budget, p);
     if !p.list.is_empty() {
         return None;
     }
+    let specs = match builder.build() {
+        Ok(specs) => specs,
+        Err(errors) => {
+            p.list.extend(errors);
+            return None;
+        }
+    };
     let services = specs
         .into_iter()
         .zip(launches)
@@ -649,35 +644,46 @@ fn walk<'a>(
 }
 
 /// Each service's own stop time plus what the services it depends on keep after it, and
-/// the final grace, must fit in the budget.
-fn check_budget(specs: &[supervisor::Spec], f: &File, budget: Duration, p: &mut Problems) {
+/// the final grace, must fit in the budget. Worked out from the file itself, so that it is
+/// reported beside every other problem.
+fn check_budget(f: &File, budget: Duration, p: &mut Problems) {
     let grace = (budget / 10).min(Duration::from_millis(500));
-    for (id, spec) in specs.iter().enumerate() {
-        let Some(section) = f.services.iter().find(|s| s.name.value == spec.name) else {
-            continue;
-        };
-        let Some(own) = &section.stop_timeout else {
-            continue;
-        };
+    // What a service keeps for its own stop after its dependents are gone: PostgreSQL a
+    // third of the budget (the builder's rule), others their stop.timeout.
+    let keeps = |name: &str| -> Duration {
+        if name == postgres::SERVICE && f.postgres.is_some() {
+            return (budget / 3).max(Duration::from_secs(1)).min(budget / 2);
+        }
+        f.services
+            .iter()
+            .find(|s| s.name.value == name)
+            .and_then(|s| s.stop_timeout.as_ref().map(|t| t.value))
+            .unwrap_or(Duration::ZERO)
+    };
+    let deps_of = |name: &str| -> Vec<String> {
+        f.services
+            .iter()
+            .find(|s| s.name.value == name)
+            .map(|s| s.depends_on.iter().map(|(d, _)| d.value.clone()).collect())
+            .unwrap_or_default()
+    };
+    for s in &f.services {
+        let Some(own) = &s.stop_timeout else { continue };
+        let mut seen: Vec<String> = vec![s.name.value.clone()];
+        let mut stack = deps_of(&s.name.value);
         let mut kept = Duration::ZERO;
-        let mut seen = vec![false; specs.len()];
-        let mut stack = vec![id];
         let mut names = Vec::new();
-        while let Some(i) = stack.pop() {
-            for &(dep, _) in &specs[i].depends_on {
-                if !seen[dep] {
-                    seen[dep] = true;
-                    if !specs[dep].stop_reserve.is_zero() {
-                        kept += specs[dep].stop_reserve;
-                        names.push(format!(
-                            "{} keeps {} ms",
-                            specs[dep].name,
-                            specs[dep].stop_reserve.as_millis()
-                        ));
-                    }
-                    stack.push(dep);
-                }
+        while let Some(d) = stack.pop() {
+            if seen.contains(&d) {
+                continue;
             }
+            seen.push(d.clone());
+            let k = keeps(&d);
+            if !k.is_zero() {
+                kept += k;
+                names.push(format!("{d} keeps {} ms", k.as_millis()));
+            }
+            stack.extend(deps_of(&d));
         }
         let need = own.value + kept + grace;
         if need > budget {

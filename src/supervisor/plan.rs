@@ -68,14 +68,11 @@ impl ServiceDef {
     }
 
     /// Something tandem does not run, known by its probe. It is never restarted: when it
-    /// stays unhealthy, that is reported.
+    /// stays unhealthy, that is reported (whatever its health says, see `spec`).
     pub fn external(name: &str, health: HealthSpec) -> ServiceDef {
         ServiceDef {
             readiness: Some(Readiness::Probe),
-            health: Some(HealthSpec {
-                on_unhealthy: super::OnUnhealthy::Report,
-                ..health
-            }),
+            health: Some(health),
             ..ServiceDef::new(name, Kind::External)
         }
     }
@@ -258,7 +255,14 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
         start_timeout: d.start_timeout,
         reload_signal: d.reload_signal,
         forward_signals: d.forward_signals,
-        health: d.health,
+        // Nothing to restart in a service tandem does not run.
+        health: d.health.map(|h| match d.kind {
+            Kind::External => HealthSpec {
+                on_unhealthy: super::OnUnhealthy::Report,
+                ..h
+            },
+            _ => h,
+        }),
         restart: d.restart,
         required: d.required,
     }
