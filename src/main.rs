@@ -40,7 +40,7 @@ executable / not found.";
     version,
     about = "PID 1 for all-in-one containers: embedded PostgreSQL, then the app, stopped cleanly",
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true
+    subcommand_precedence_over_arg = true
 )]
 struct Cli {
     /// The config file (default: TANDEM_CONFIG, else /etc/tandem/tandem.toml when it
@@ -110,13 +110,13 @@ fn main() -> ExitCode {
             direct: false,
             json,
             timeout,
-        }) => healthcheck(json, timeout),
+        }) => healthcheck(cli.config, json, timeout),
         Some(Command::Healthcheck {
             direct: true,
             json,
             timeout,
         }) => healthcheck_direct(json, timeout),
-        Some(Command::Status { json }) => status(json),
+        Some(Command::Status { json }) => status(cli.config, json),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -216,12 +216,11 @@ fn run(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
 }
 
 /// Where the running tandem listens: the same rule as when it started.
-fn socket_path() -> PathBuf {
-    let get = |k: &str| std::env::var(k).ok();
-    api::socket_path(
-        get("TANDEM_SOCKET").as_deref(),
-        get("XDG_RUNTIME_DIR").as_deref(),
-    )
+/// Where the running tandem listens: the same rule as when it started, the config file's
+/// `[tandem] socket` included.
+fn socket_path(config: Option<PathBuf>) -> PathBuf {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    api::client_socket(config, &env)
 }
 
 /// Prints a health report as one line (or JSON); 0 when healthy, 1 otherwise.
@@ -247,8 +246,8 @@ fn unhealthy(reason: &str, json: bool) -> i32 {
     1
 }
 
-fn healthcheck(json: bool, timeout: Duration) -> i32 {
-    match api::request(&socket_path(), Request::Health, timeout) {
+fn healthcheck(config: Option<PathBuf>, json: bool, timeout: Duration) -> i32 {
+    match api::request(&socket_path(config), Request::Health, timeout) {
         Ok(Response::Health(report)) => report_health(&report, json),
         Ok(Response::Error { message }) => unhealthy(&message, json),
         Ok(_) => unhealthy("unexpected answer from tandem", json),
@@ -304,8 +303,12 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
     report_health(&HealthReport::of(services), json)
 }
 
-fn status(json: bool) -> i32 {
-    let answer = api::request(&socket_path(), Request::Status, Duration::from_secs(5));
+fn status(config: Option<PathBuf>, json: bool) -> i32 {
+    let answer = api::request(
+        &socket_path(config),
+        Request::Status,
+        Duration::from_secs(5),
+    );
     let message = match answer {
         Ok(Response::Status(report)) => {
             if json {

@@ -706,6 +706,24 @@ fn check_budget(f: &File, budget: Duration, p: &mut Problems) {
     }
 }
 
+/// Where `tandem healthcheck` and `tandem status` find the running tandem: TANDEM_SOCKET,
+/// else the config file's `[tandem] socket`, else the default rule. A config file that
+/// cannot be read is no reason to fail here: the default is tried.
+pub fn client_socket(flag: Option<PathBuf>, env: &HashMap<String, String>) -> PathBuf {
+    if var(env, "TANDEM_SOCKET").is_none() {
+        let from_file = config_path(flag, env)
+            .and_then(|path| std::fs::read_to_string(&path).ok().map(|t| (path, t)))
+            .and_then(|(path, text)| {
+                let src = Source::new(path, text);
+                file::parse(&src, env).ok()?.0.tandem.socket
+            });
+        if let Some(socket) = from_file {
+            return socket;
+        }
+    }
+    socket_path(var(env, "TANDEM_SOCKET"), var(env, "XDG_RUNTIME_DIR"))
+}
+
 /// Where the config file is: `--config`, else TANDEM_CONFIG, else the default if it exists.
 pub fn config_path(flag: Option<PathBuf>, env: &HashMap<String, String>) -> Option<PathBuf> {
     flag.or_else(|| var(env, "TANDEM_CONFIG").map(PathBuf::from))
@@ -717,3 +735,36 @@ pub fn config_path(flag: Option<PathBuf>, env: &HashMap<String, String>) -> Opti
 
 /// Read when it exists and nothing else names a config file.
 pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_find_the_socket_the_config_file_names() {
+        let dir = crate::testutil::TempDir::new("client-socket");
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[tandem]\nsocket = \"/tmp/elsewhere.sock\"\n").unwrap();
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let flag = Some(file.clone());
+        assert_eq!(
+            client_socket(flag.clone(), &env(&[])),
+            PathBuf::from("/tmp/elsewhere.sock")
+        );
+        let via_env = env(&[("TANDEM_CONFIG", file.to_str().unwrap())]);
+        assert_eq!(
+            client_socket(None, &via_env),
+            PathBuf::from("/tmp/elsewhere.sock")
+        );
+        assert_eq!(
+            client_socket(flag, &env(&[("TANDEM_SOCKET", "/tmp/mine.sock")])),
+            PathBuf::from("/tmp/mine.sock"),
+            "the variable wins, as for tandem itself"
+        );
+    }
+}

@@ -20,7 +20,7 @@ mod file;
 mod graph;
 
 pub use env::{direct_probes, from_env};
-pub use graph::{config_path, from_file};
+pub use graph::{client_socket, config_path, from_file};
 
 /// Why a plan could not be made, with the exit code it deserves.
 #[derive(Debug)]
