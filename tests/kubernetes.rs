@@ -5,7 +5,8 @@
 //! Compose split example's with the database's host name, so what tests/split.rs proves of
 //! one holds for the other.
 //!
-//! The tool is installed with `python3 -m pip install kubernetes-validate` when missing.
+//! The tool is taken from PATH, else installed with pip into a virtual environment under
+//! target/ (no system-wide install).
 //! Where neither it nor pip is to be had the tests print a skip line, unless `CI` is set:
 //! there they fail.
 
@@ -188,21 +189,41 @@ fn app_only_deployment_waits_for_its_external_database_and_probes_with_tandem() 
     );
 }
 
-/// The validator on PATH (or pip's user/script directories), installed once if missing.
+/// The validator: on PATH, else in a virtual environment under target/, made and filled
+/// with pip the first time (Debian's own python3 refuses a system-wide pip install).
 fn validator() -> Option<PathBuf> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = FOUND.get_or_init(|| {
-        if let Some(p) = find_tool() {
-            return Ok(p);
+        if works(Path::new(TOOL)) {
+            return Ok(PathBuf::from(TOOL));
         }
-        let install = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", PACKAGE])
-            .output();
-        match install {
-            Ok(o) if o.status.success() => find_tool()
-                .ok_or_else(|| format!("pip installed {PACKAGE} but {TOOL} is not on PATH")),
-            Ok(o) => Err(format!("python3 -m pip install {PACKAGE}: {}", show(&o))),
-            Err(e) => Err(format!("cannot run python3 -m pip: {e}")),
+        let venv = Path::new(TOP).join("target/kubernetes-validate");
+        let tool = venv.join("bin").join(TOOL);
+        if works(&tool) {
+            return Ok(tool);
+        }
+        let run = |program: &Path, args: &[&str]| -> Result<(), String> {
+            match Command::new(program).args(args).output() {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(format!("{} {args:?}: {}", program.display(), show(&o))),
+                Err(e) => Err(format!("cannot run {}: {e}", program.display())),
+            }
+        };
+        run(
+            Path::new("python3"),
+            &["-m", "venv", venv.to_str().unwrap()],
+        )?;
+        run(
+            &venv.join("bin/python"),
+            &["-m", "pip", "install", "--quiet", PACKAGE],
+        )?;
+        if works(&tool) {
+            Ok(tool)
+        } else {
+            Err(format!(
+                "{} does not run after pip installed {PACKAGE}",
+                tool.display()
+            ))
         }
     });
     match found {
@@ -217,29 +238,11 @@ fn validator() -> Option<PathBuf> {
     }
 }
 
-fn find_tool() -> Option<PathBuf> {
-    let ok = |p: &Path| {
-        Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let on_path = PathBuf::from(TOOL);
-    if ok(&on_path) {
-        return Some(on_path);
-    }
-    // pip's script directory when it is not on PATH (a --user install, say).
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts')); print(sysconfig.get_path('scripts', f'{__import__(\"os\").name}_user'))",
-        ])
+fn works(tool: &Path) -> bool {
+    Command::new(tool)
+        .arg("--version")
         .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|d| Path::new(d.trim()).join(TOOL))
-        .find(|p| ok(p))
+        .is_ok_and(|o| o.status.success())
 }
 
 fn read(rel: &str) -> String {
