@@ -402,6 +402,21 @@ fn split_stack_scales_rides_out_a_database_restart_and_goes_down_cleanly() {
          each API green in tandem after {greens:?}, every container healthy in Docker after {docker_green:?}"
     );
 
+    // From PostgreSQL's "ready" to each API's tandem logging the database healthy again, by
+    // Docker's timestamps on the log lines: a figure, from its own probes (every 2 s). An
+    // API whose probes did not fail `retries` times in a row logged neither line.
+    let db_ready = db
+        .log_time("database system is ready to accept connections")
+        .expect("no ready line in the database's log");
+    let noticed: Vec<String> = all_apis
+        .iter()
+        .map(|api| match api.log_time("db is healthy again") {
+            Some(t) => format!("{:.0} ms", (t - db_ready) * 1000.0),
+            None => "not marked unhealthy".to_string(),
+        })
+        .collect();
+    eprintln!("PostgreSQL ready to each API's tandem logging db healthy again: {noticed:?}");
+
     // `docker-compose restart db`, as the example's comment says: green again, likewise.
     let restart_started = Instant::now();
     project.ok(&["restart", "db"]);
@@ -755,6 +770,24 @@ impl Container {
             show(&out)
         );
         stdout(&out)
+    }
+
+    /// When the last log line containing `needle` was written, in seconds of the day (by
+    /// `docker logs -t`; for figures, not for deciding anything).
+    fn log_time(&self, needle: &str) -> Option<f64> {
+        let out = docker(&["logs", "-t", &self.name]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = text.lines().rfind(|l| l.contains(needle))?;
+        let time = line.split_whitespace().next()?.split_once('T')?.1;
+        let mut parts = time.trim_end_matches('Z').split(':');
+        let h: f64 = parts.next()?.parse().ok()?;
+        let m: f64 = parts.next()?.parse().ok()?;
+        let s: f64 = parts.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
     }
 
     /// `tandem healthcheck` in the container: whether it passed, and its line.
