@@ -138,6 +138,43 @@ fn compose_config_accepts_the_split_example_and_requires_a_password() {
         show(&out)
     );
 
+    // The shape, service by service, in the file as written.
+    let text = read(COMPOSE_FILE);
+    for service in ["db", "api", "worker"] {
+        let block = service_block(&text, service);
+        assert!(
+            block.contains(r#"test: ["CMD", "tandem", "healthcheck"]"#),
+            "{service}: its health check is not `tandem healthcheck`:\n{block}"
+        );
+        let budget = seconds(&value_of(&block, "TANDEM_STOP_TIMEOUT"));
+        let grace = seconds(&value_of(&block, "stop_grace_period"));
+        assert!(
+            grace > budget,
+            "{service}: stop_grace_period {grace} s is not above TANDEM_STOP_TIMEOUT {budget} s"
+        );
+        if service == "db" {
+            assert_eq!(
+                value_of(&block, "command"),
+                r#"["--"]"#,
+                "db: PostgreSQL alone"
+            );
+        } else {
+            assert!(
+                block.contains("condition: service_healthy"),
+                "{service}: does not wait for a healthy db"
+            );
+            assert_eq!(value_of(&block, "TANDEM_CONFIG"), "/etc/tandem/tandem.toml");
+            assert!(
+                block.contains("./tandem-app.toml:/etc/tandem/tandem.toml:ro"),
+                "{service}: the app-only config is not mounted"
+            );
+        }
+    }
+    assert!(
+        !service_block(&text, "api").contains("ports:"),
+        "api publishes a port: --scale api=3 would collide"
+    );
+
     // Every password in the files is a variable; none is written out.
     for rel in [COMPOSE_FILE, APP_CONFIG] {
         let text = read(rel);
@@ -946,6 +983,46 @@ fn has_process(ps: &str, pid: Option<u32>, user: &str, comm: &str) -> bool {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() >= 3 && pid.map_or(true, |p| f[0] == p.to_string()) && f[1] == user && f[2] == comm
     })
+}
+
+/// A service's lines in the compose file, comments left out: from `  NAME:` to the next
+/// line indented as little (the file keeps to two-space indentation).
+fn service_block(text: &str, service: &str) -> String {
+    let head = format!("  {service}:");
+    let mut lines = text.lines().skip_while(|l| *l != head);
+    assert!(
+        lines.next().is_some(),
+        "no service {service} in the compose file"
+    );
+    lines
+        .take_while(|l| l.is_empty() || l.starts_with("   "))
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of the first `key: value` line of a block, unquoted.
+fn value_of(block: &str, key: &str) -> String {
+    let prefix = format!("{key}:");
+    block
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key} in:\n{block}"))
+        .trim()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// "9", "10s", "1m": whole seconds.
+fn seconds(s: &str) -> u64 {
+    let (n, unit) = match s.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (s.strip_suffix('s').unwrap_or(s), 1),
+    };
+    n.parse::<u64>()
+        .unwrap_or_else(|e| panic!("duration {s:?}: {e}"))
+        * unit
 }
 
 fn docker(args: &[&str]) -> Output {
