@@ -981,7 +981,7 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
 fn has_process(ps: &str, pid: Option<u32>, user: &str, comm: &str) -> bool {
     ps.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 3 && pid.map_or(true, |p| f[0] == p.to_string()) && f[1] == user && f[2] == comm
+        f.len() >= 3 && pid.is_none_or(|p| f[0] == p.to_string()) && f[1] == user && f[2] == comm
     })
 }
 
