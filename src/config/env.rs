@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 
 use super::{
     health_spec, parse_duration, parse_signal, postgres_probe, socket_path, var, CommandPlan,
-    Launch, Plan, PlanError, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
+    Launch, Plan, PlanError, PostgresPlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
     DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
@@ -154,25 +154,18 @@ pub fn from_env(
     }
 
     let specs = builder.build().map_err(|errors| errors.join("; "))?;
-    let services = specs
-        .into_iter()
-        .zip(launches)
-        .map(|(spec, (launch, probe))| ServicePlan {
-            spec,
-            launch,
-            probe,
-        })
-        .collect();
-    Ok(Plan {
-        services,
-        settings: Settings {
-            budget: stop_budget,
-            stop_exit,
-            seed: jitter_seed(),
-        },
+    let settings = Settings {
+        budget: stop_budget,
+        stop_exit,
+        seed: jitter_seed(),
+    };
+    Ok(Plan::assemble(
+        specs,
+        launches,
+        settings,
         socket,
         postgres_reason,
-    })
+    ))
 }
 
 /// The app's probe: `TANDEM_APP_HEALTH_URL` (http), `TANDEM_APP_HEALTH_TCP` (host:port) or

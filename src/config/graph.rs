@@ -15,7 +15,7 @@ use super::file::{self, File, Kind, ProbeDef, Problems, RestartPolicy, Source};
 use super::{
     env::{jitter_seed, os_env_get},
     postgres_probe, socket_path, var, CommandPlan, Launch, Plan, PlanError, PostgresPlan,
-    ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
+    DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
 use crate::postgres;
@@ -186,34 +186,22 @@ fn plan(
             return None;
         }
     };
-    let services = specs
-        .into_iter()
-        .zip(launches)
-        .map(|(spec, (launch, probe))| ServicePlan {
-            spec,
-            launch,
-            probe,
-        })
-        .collect();
-    Some(Plan {
-        services,
-        settings: Settings {
-            budget,
-            stop_exit,
-            seed: jitter_seed(),
-        },
-        socket,
-        postgres_reason: match &f.postgres {
-            Some(_) => format!(
-                "on: the config file {} has a [postgres] section",
-                path.display()
-            ),
-            None => format!(
-                "off: the config file {} has no [postgres] section",
-                path.display()
-            ),
-        },
-    })
+    let settings = Settings {
+        budget,
+        stop_exit,
+        seed: jitter_seed(),
+    };
+    let reason = match &f.postgres {
+        Some(_) => format!(
+            "on: the config file {} has a [postgres] section",
+            path.display()
+        ),
+        None => format!(
+            "off: the config file {} has no [postgres] section",
+            path.display()
+        ),
+    };
+    Some(Plan::assemble(specs, launches, settings, socket, reason))
 }
 
 /// The embedded database from its section over the environment (the section wins).

@@ -165,6 +165,31 @@ pub struct PostgresPlan {
 }
 
 impl Plan {
+    /// The plan from the builder's specs and, by the same index, how each service runs.
+    fn assemble(
+        specs: Vec<Spec>,
+        launches: Vec<(Launch, Option<Probe>)>,
+        settings: supervisor::Settings,
+        socket: PathBuf,
+        postgres_reason: String,
+    ) -> Plan {
+        let services = specs
+            .into_iter()
+            .zip(launches)
+            .map(|(spec, (launch, probe))| ServicePlan {
+                spec,
+                launch,
+                probe,
+            })
+            .collect();
+        Plan {
+            services,
+            settings,
+            socket,
+            postgres_reason,
+        }
+    }
+
     pub fn specs(&self) -> Vec<Spec> {
         self.services.iter().map(|s| s.spec.clone()).collect()
     }

@@ -621,7 +621,7 @@ mod tests {
     use crate::logs;
     use crate::postgres::{app_env, locate_binaries, server_spec, wait_ready};
     use crate::process::{ChildSpec, Exit};
-    use crate::testutil::{self, TempDir};
+    use crate::testutil::{self, owners_under, write, TempDir};
     use nix::sys::signal::Signal;
     use nix::unistd::Pid;
     use std::collections::HashMap;
@@ -730,27 +730,6 @@ mod tests {
         let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
-    }
-
-    fn write(path: &Path, contents: &[u8], mode: u32) {
-        std::fs::write(path, contents).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    fn owners_under(dir: &Path) -> Vec<(PathBuf, u32)> {
-        let mut out = vec![];
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                out.push((p.clone(), m.uid()));
-                if m.is_dir() {
-                    stack.push(p);
-                }
-            }
-        }
-        out
     }
 
     #[tokio::test]
