@@ -169,25 +169,28 @@ main = true
             pg.send_signal(signal.SIGINT)
             pg.wait(30)
 
-    def readiness(self, boot_s):
-        """An app that binds after `boot_s`: how long after it answers tandem calls it
-        ready, and tandem's CPU time while it waited (probes from 10 ms apart)."""
+    def readiness(self, boot_s, burst=0):
+        """An app that binds after `boot_s` (having printed `burst` lines first): how long
+        after it answers tandem calls it ready, tandem's CPU time while it waited (probes
+        from 10 ms apart), and the time from its start to ready."""
         port = free_port()
         path = os.path.join(self.work, "ready.toml")
+        noise = f"seq 1 {burst}; " if burst else ""
         with open(path, "w") as f:
             f.write(f'[tandem]\nsocket = "{self.work}/ready.sock"\n'
-                    f'[service.app]\ncommand = ["sh", "-c", "sleep {boot_s}; exec {TESTAPP}"]\n'
+                    f'[service.app]\ncommand = ["sh", "-c", "{noise}sleep {boot_s}; exec {TESTAPP}"]\n'
                     f'env = {{ TESTAPP_PORT = "{port}", DATABASE_URL = "{self.db_url}" }}\n'
                     f'health = {{ tcp = "127.0.0.1:{port}", start_period = "60s" }}\nmain = true\n')
         p = subprocess.Popen([TANDEM, "--config", path], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
         try:
+            started = wait_line(p, "app started")
             listening = wait_line(p, "testapp listening on", timeout=boot_s + 30)
             ready = wait_line(p, "app is ready after")
             with open(f"/proc/{p.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            return (ready - listening) * 1000, cpu * 1000
+            return (ready - listening) * 1000, cpu * 1000, (ready - started) * 1000
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(30)
@@ -236,10 +239,13 @@ def main():
         print(f"  paired difference   {statistics.median(diffs):+7.1f} ({min(diffs):+.1f}..{max(diffs):+.1f})   target: within 20 ms")
         print(f"tandem VmRSS with 10 services probed every 1 s: {b.rss_with_ten():.2f} MiB   target: < 5 MiB")
         noticed = [b.readiness(1) for _ in range(5)]
-        lag = [n for n, _ in noticed]
+        lag = [n for n, _, _ in noticed]
         print(f"app answers -> tandem calls it ready (tcp probe, 5 runs): {fmt(lag)} ms   target: < 20 ms")
-        _, cpu = b.readiness(10)
+        _, cpu, _ = b.readiness(10)
         print(f"tandem CPU while an app boots for 10 s (probed from 10 ms apart): {cpu:.0f} ms")
+        quiet = [b.readiness(0)[2] for _ in range(5)]
+        loud = [b.readiness(0, burst=20000)[2] for _ in range(5)]
+        print(f"app start -> ready, silent app: {fmt(quiet)} ms; after printing 20 000 lines: {fmt(loud)} ms")
         print(f"command: bench/graph.py -n {args.n}")
     finally:
         shutil.rmtree(b.work, ignore_errors=True)
