@@ -546,7 +546,8 @@ impl Ctx<'_> {
 
 /// Removes what an interrupted first start made: the marker with its staging cluster, what
 /// its last step had already moved into PGDATA (PGDATA held nothing else when it began),
-/// and the contents of the WAL directory (initdb needs it empty).
+/// and the WAL it wrote into POSTGRES_INITDB_WALDIR (initdb needs it empty; only what
+/// PostgreSQL names its WAL is removed, in case the variable now names another directory).
 fn remove_interrupted(settings: &Settings) -> Result<(), String> {
     let data = &settings.data_dir;
     let entries =
@@ -562,11 +563,21 @@ fn remove_interrupted(settings: &Settings) -> Result<(), String> {
     if let Some(wal) = &settings.waldir {
         if let Ok(entries) = std::fs::read_dir(wal) {
             for entry in entries.flatten() {
-                remove_any(&entry.path())?;
+                if is_wal_name(&entry.file_name().to_string_lossy()) {
+                    remove_any(&entry.path())?;
+                }
             }
         }
     }
     sync_dir(data)
+}
+
+/// What PostgreSQL keeps in pg_wal: segments (24 hex digits), timeline histories, partial
+/// and backup files, and its status directories.
+fn is_wal_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("");
+    let hex = stem.len() >= 8 && stem.chars().all(|c| c.is_ascii_hexdigit());
+    hex || matches!(name, "archive_status" | "summaries")
 }
 
 fn remove_marker(data: &Path) -> Result<(), String> {
@@ -1096,6 +1107,22 @@ EOSQL
         );
         write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
         assert_eq!(check_version(root.path(), &bins("15")), Ok(()));
+    }
+
+    #[test]
+    fn only_wal_is_taken_from_the_wal_directory() {
+        for wal in [
+            "000000010000000000000001",
+            "00000002.history",
+            "000000010000000000000002.partial",
+            "archive_status",
+            "summaries",
+        ] {
+            assert!(is_wal_name(wal), "{wal}");
+        }
+        for other in ["notes.txt", "lost+found", "backup", ".keep", "ABC"] {
+            assert!(!is_wal_name(other), "{other}");
+        }
     }
 
     #[test]
