@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use tandem::api::{self, HealthReport, Reaper, Request, Response, ServiceHealth};
 
 const AFTER_HELP: &str = "\
-Zero configuration: with POSTGRES_* variables set (or TANDEM_POSTGRES=on), tandem
+Zero configuration: with POSTGRES_* variables set and PostgreSQL installed (or
+TANDEM_POSTGRES=on), tandem
 initialises and starts the embedded PostgreSQL exactly as the official postgres image
 would, waits until it accepts connections, then runs CMD with DATABASE_URL and PG*
 pointing at it. SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
