@@ -11,10 +11,10 @@ use tandem::api::{self, HealthReport, Reaper, Request, Response, ServiceHealth};
 
 const AFTER_HELP: &str = "\
 Zero configuration: with POSTGRES_* variables set and PostgreSQL installed (or
-TANDEM_POSTGRES=on), tandem
-initialises and starts the embedded PostgreSQL exactly as the official postgres image
-would, waits until it accepts connections, then runs CMD with DATABASE_URL and PG*
-pointing at it. SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
+TANDEM_POSTGRES=on), tandem initialises and starts the embedded PostgreSQL exactly as the
+official postgres image would, waits until it accepts connections, then runs CMD with
+DATABASE_URL and PG* pointing at it. More (several services, oneshots, restarts, a
+database elsewhere): a config file, --config PATH or TANDEM_CONFIG (see examples/tandem.toml). SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
 shutdown) within TANDEM_STOP_TIMEOUT (default 9s).
 
 Environment: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (and their _FILE variants),
