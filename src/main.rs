@@ -61,7 +61,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Supervise the embedded PostgreSQL and CMD until stopped (the default).
+    /// Supervise the services until stopped: the embedded PostgreSQL and CMD, or the config
+    /// file's (the default).
     Run {
         #[arg(
             trailing_var_arg = true,
