@@ -880,7 +880,7 @@ def git_desc():
         return "?"
 
 
-KEY_CHILD_LINES = re.compile(r"^(tandem \| |postgres \| .*(starting PostgreSQL|ready to accept|"
+KEY_CHILD_LINES = re.compile(r"^\s*(tandem \| |postgres \| .*(starting PostgreSQL|ready to accept|"
                              r"fast shutdown|is shut down)|app \| .*(Started server|startup complete|"
                              r"Uvicorn running|Shutting down|Finished server))")
 
@@ -896,7 +896,7 @@ def timeline(runs, key, title):
             # One kind per message: numbers, timestamps and pids vary from run to run.
             kind = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ UTC \[\d+\] ", "", text)
             kind = re.sub(r"/tmp/tandem-bench-\w+", "WORK", kind)
-            kind = re.sub(r"\d+", "N", kind)[:88]
+            kind = re.sub(r"\d+", "N", kind.strip())[:88]
             if kind in kinds:
                 continue
             kinds.add(kind)

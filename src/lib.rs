@@ -27,7 +27,9 @@ mod testutil;
 // What the binary uses; everything else is private to the crate, so the compiler finds
 // what nothing uses.
 pub mod api {
-    pub use crate::config::{direct_probes, load, parse_duration, socket_path};
+    pub use crate::config::{
+        client_socket, direct_probes, load, parse_duration, reads_variable, socket_path,
+    };
     pub use crate::control::{request, HealthReport, Request, Response, ServiceHealth};
     pub use crate::health::Prober;
     pub use crate::logs::init as init_logs;

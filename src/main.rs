@@ -10,10 +10,11 @@ use clap::{Parser, Subcommand};
 use tandem::api::{self, HealthReport, Reaper, Request, Response, ServiceHealth};
 
 const AFTER_HELP: &str = "\
-Zero configuration: with POSTGRES_* variables set (or TANDEM_POSTGRES=on), tandem
-initialises and starts the embedded PostgreSQL exactly as the official postgres image
-would, waits until it accepts connections, then runs CMD with DATABASE_URL and PG*
-pointing at it. SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
+Zero configuration: with POSTGRES_* variables set and PostgreSQL installed (or
+TANDEM_POSTGRES=on), tandem initialises and starts the embedded PostgreSQL exactly as the
+official postgres image would, waits until it accepts connections, then runs CMD with
+DATABASE_URL and PG* pointing at it. More (several services, oneshots, restarts, a
+database elsewhere): a config file, --config PATH or TANDEM_CONFIG (see examples/tandem.toml). SIGTERM/SIGINT stop the app first and PostgreSQL last (SIGINT, fast
 shutdown) within TANDEM_STOP_TIMEOUT (default 9s).
 
 Environment: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (and their _FILE variants),
@@ -40,7 +41,7 @@ executable / not found.";
     version,
     about = "PID 1 for all-in-one containers: embedded PostgreSQL, then the app, stopped cleanly",
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true
+    subcommand_precedence_over_arg = true
 )]
 struct Cli {
     /// The config file (default: TANDEM_CONFIG, else /etc/tandem/tandem.toml when it
@@ -60,7 +61,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Supervise the embedded PostgreSQL and CMD until stopped (the default).
+    /// Supervise the services until stopped: the embedded PostgreSQL and CMD, or the config
+    /// file's (the default).
     Run {
         #[arg(
             trailing_var_arg = true,
@@ -110,30 +112,49 @@ fn main() -> ExitCode {
             direct: false,
             json,
             timeout,
-        }) => healthcheck(json, timeout),
+        }) => healthcheck(cli.config, json, timeout),
         Some(Command::Healthcheck {
             direct: true,
             json,
             timeout,
         }) => healthcheck_direct(json, timeout),
-        Some(Command::Status { json }) => status(json),
+        Some(Command::Status { json }) => status(cli.config, json),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
+/// The environment as text (the variables tandem reads) and as it is (for the children).
+type Environment = (HashMap<String, String>, Vec<(OsString, OsString)>);
+
 /// The environment twice: as text for the variables tandem reads, and as it is for the
-/// children (values that are not UTF-8 pass through untouched).
-fn environment() -> (HashMap<String, String>, Vec<(OsString, OsString)>) {
+/// children (values that are not UTF-8 pass through untouched). A variable tandem reads
+/// whose value is not UTF-8 is an error naming it, never silently dropped.
+fn environment() -> Result<Environment, String> {
     let os: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let text = os
-        .iter()
-        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v.to_str()?.to_string())))
-        .collect();
-    (text, os)
+    let mut text = HashMap::new();
+    for (k, v) in &os {
+        let Some(name) = k.to_str() else { continue };
+        match v.to_str() {
+            Some(value) => {
+                text.insert(name.to_string(), value.to_string());
+            }
+            None if api::reads_variable(name) => {
+                return Err(format!(
+                    "{name} is not valid UTF-8 ({}); tandem reads it as text: set it to UTF-8 (or unset it)",
+                    String::from_utf8_lossy(v.as_encoded_bytes()).escape_debug()
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok((text, os))
 }
 
 fn check(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
-    let (env, os_env) = environment();
+    let (env, os_env) = match environment() {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
     // Finding PostgreSQL runs `pg_config` and `postgres --version`; someone must reap them.
     let reaper = Reaper::new();
     if let Err(e) = api::spawn_reaper_thread(reaper.clone()) {
@@ -172,7 +193,10 @@ fn run(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
     if let Err(e) = api::spawn_signal_thread(set, reaper.clone(), tx.clone()) {
         return fail(&e);
     }
-    let (env, os_env) = environment();
+    let (env, os_env) = match environment() {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
     let plan = match api::load(config, cmd, &env, &os_env, &reaper) {
         Ok(plan) => plan,
         Err(e) => {
@@ -194,12 +218,11 @@ fn run(config: Option<PathBuf>, cmd: Vec<OsString>) -> i32 {
 }
 
 /// Where the running tandem listens: the same rule as when it started.
-fn socket_path() -> PathBuf {
-    let get = |k: &str| std::env::var(k).ok();
-    api::socket_path(
-        get("TANDEM_SOCKET").as_deref(),
-        get("XDG_RUNTIME_DIR").as_deref(),
-    )
+/// Where the running tandem listens: the same rule as when it started, the config file's
+/// `[tandem] socket` included.
+fn socket_path(config: Option<PathBuf>) -> PathBuf {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    api::client_socket(config, &env)
 }
 
 /// Prints a health report as one line (or JSON); 0 when healthy, 1 otherwise.
@@ -225,8 +248,8 @@ fn unhealthy(reason: &str, json: bool) -> i32 {
     1
 }
 
-fn healthcheck(json: bool, timeout: Duration) -> i32 {
-    match api::request(&socket_path(), Request::Health, timeout) {
+fn healthcheck(config: Option<PathBuf>, json: bool, timeout: Duration) -> i32 {
+    match api::request(&socket_path(config), Request::Health, timeout) {
         Ok(Response::Health(report)) => report_health(&report, json),
         Ok(Response::Error { message }) => unhealthy(&message, json),
         Ok(_) => unhealthy("unexpected answer from tandem", json),
@@ -237,7 +260,10 @@ fn healthcheck(json: bool, timeout: Duration) -> i32 {
 /// The same probes as a running tandem, run here: for debugging, and where the running
 /// tandem's socket is out of reach.
 fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
-    let (env, os_env) = environment();
+    let (env, os_env) = match environment() {
+        Ok(e) => e,
+        Err(e) => return unhealthy(&e, json),
+    };
     let probes = match api::direct_probes(&env, &os_env) {
         Ok(p) if p.is_empty() => {
             return unhealthy(
@@ -279,8 +305,12 @@ fn healthcheck_direct(json: bool, timeout: Duration) -> i32 {
     report_health(&HealthReport::of(services), json)
 }
 
-fn status(json: bool) -> i32 {
-    let answer = api::request(&socket_path(), Request::Status, Duration::from_secs(5));
+fn status(config: Option<PathBuf>, json: bool) -> i32 {
+    let answer = api::request(
+        &socket_path(config),
+        Request::Status,
+        Duration::from_secs(5),
+    );
     let message = match answer {
         Ok(Response::Status(report)) => {
             if json {

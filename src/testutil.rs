@@ -81,3 +81,27 @@ pub fn skip(reason: &str) {
     );
     eprintln!("skipped: {reason}");
 }
+
+/// Writes a file with the given mode.
+pub fn write(path: &Path, contents: &[u8], mode: u32) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Every path below `dir` with its owner's uid, links not followed.
+pub fn owners_under(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            out.push((p.clone(), m.uid()));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}

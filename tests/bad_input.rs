@@ -224,3 +224,116 @@ fn postgres_that_exits_before_ready_is_a_start_failure() {
         "PostgreSQL's own reason is in the log"
     );
 }
+
+/// A variable tandem reads must be text: a value that is not UTF-8 is one error naming it,
+/// never dropped in silence (it used to run with the database `postgres` instead).
+#[test]
+fn a_value_tandem_reads_that_is_not_utf8_is_refused_by_name() {
+    let sandbox = Sandbox::new("not-utf8");
+    let mut env = sandbox.env_with_db();
+    env.set_bytes("POSTGRES_DB", b"\xff\xfe");
+    let tandem = expect_failure(&env, &[&testapp()], None, 1, &["POSTGRES_DB"]);
+    assert!(
+        tandem.log.contains("not valid UTF-8"),
+        "{}",
+        tandem.log.text()
+    );
+}
+
+/// Variables tandem does not read pass through to the app byte for byte.
+#[test]
+fn a_value_tandem_does_not_read_passes_through_byte_for_byte() {
+    let sandbox = Sandbox::new("raw-passthrough");
+    let mut env = sandbox.env();
+    env.set("TANDEM_POSTGRES", "off");
+    env.set_bytes("APP_RAW", b"a\xffb");
+    let mut tandem = Tandem::start_with(
+        Mode::Pid1,
+        &env,
+        &[
+            "sh",
+            "-c",
+            "printf '%s' \"$APP_RAW\" | od -An -tx1 | tr -d ' \\n'; echo",
+        ],
+    );
+    tandem.wait_for_line("app | 61ff62", SHORT_TIMEOUT);
+    assert_eq!(tandem.wait_exit_code(STOP_TIMEOUT), 0);
+}
+
+/// A `_FILE` is read only up to 64 KiB: `/dev/zero` is an error naming the file, not a
+/// process that reads until memory runs out.
+#[test]
+fn a_file_variable_over_the_limit_is_refused_naming_the_file() {
+    let sandbox = Sandbox::new("huge-file");
+    let mut env = sandbox.env_with_db();
+    env.remove("POSTGRES_PASSWORD")
+        .set("POSTGRES_PASSWORD_FILE", "/dev/zero");
+    let tandem = expect_failure(&env, &[&testapp()], None, 1, &["/dev/zero"]);
+    assert!(
+        tandem.log.contains("longer than 64 KiB"),
+        "{}",
+        tandem.log.text()
+    );
+}
+
+/// PostgreSQL cuts names at 63 bytes; tandem refuses a longer one before initdb runs.
+#[test]
+fn a_name_over_postgresqls_limit_is_refused_before_initdb() {
+    let sandbox = Sandbox::new("long-name");
+    let mut env = sandbox.env_with_db();
+    env.set("POSTGRES_USER", &"u".repeat(64));
+    let tandem = expect_failure(&env, &[&testapp()], None, 1, &["POSTGRES_USER"]);
+    assert!(
+        tandem.log.contains("at most 63 bytes"),
+        "{}",
+        tandem.log.text()
+    );
+    assert!(!tandem.log.contains("initdb"), "refused before initdb");
+}
+
+/// A directory given as the command is named as one, with the shell's 126.
+#[test]
+fn a_directory_as_the_command_says_so() {
+    let sandbox = Sandbox::new("dir-cmd");
+    let mut env = sandbox.env();
+    env.set("TANDEM_POSTGRES", "off");
+    let dir = sandbox.root.to_str().unwrap().to_string();
+    let tandem = expect_failure(&env, &[&dir], None, 126, &["is a directory"]);
+    drop(tandem);
+}
+
+/// A PGDATA made by another major version is refused before the server starts, with the
+/// fix in the line, and its files stay as they were (the server would refuse it too, in a
+/// line buried in its log).
+#[test]
+fn a_data_directory_of_another_major_version_is_refused_untouched() {
+    for (theirs, words) in [("99", "cannot be downgraded"), ("9.6", "pg_upgrade")] {
+        let sandbox = Sandbox::new("other-major");
+        mkdir(&sandbox.pgdata, 0o700);
+        let files = [
+            ("PG_VERSION", format!("{theirs}\n")),
+            ("base", String::new()),
+        ];
+        for (name, text) in &files {
+            std::fs::write(sandbox.pgdata.join(name), text).unwrap();
+        }
+        let env = sandbox.env_with_db();
+        let tandem = expect_failure(&env, &[&testapp()], None, 1, &["PostgreSQL"]);
+        assert!(tandem.log.contains(words), "{}", tandem.log.text());
+        assert!(tandem
+            .log
+            .contains(&format!("initialised by PostgreSQL {theirs}")));
+        let mut found: Vec<String> = std::fs::read_dir(&sandbox.pgdata)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, ["PG_VERSION", "base"], "nothing added or removed");
+        for (name, text) in &files {
+            assert_eq!(
+                &std::fs::read_to_string(sandbox.pgdata.join(name)).unwrap(),
+                text
+            );
+        }
+    }
+}

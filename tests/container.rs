@@ -176,7 +176,7 @@ fn assert_processes(c: &Container) {
     let has = |pid: Option<u32>, user: &str, comm: &str| {
         procs
             .iter()
-            .any(|(p, u, c)| pid.map_or(true, |x| x == *p) && u == user && c == comm)
+            .any(|(p, u, c)| pid.is_none_or(|x| x == *p) && u == user && c == comm)
     };
     assert!(
         has(Some(1), "root", "tandem"),

@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 
 use super::{
     health_spec, parse_duration, parse_signal, postgres_probe, socket_path, var, CommandPlan,
-    Launch, Plan, PlanError, PostgresPlan, ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
+    Launch, Plan, PlanError, PostgresPlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
     DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
@@ -32,7 +32,28 @@ pub fn from_env(
     };
     let socket = socket_path(var(env, "TANDEM_SOCKET"), var(env, "XDG_RUNTIME_DIR"));
 
-    let (want_postgres, postgres_reason) = wants_postgres(env)?;
+    // auto: embedded when a POSTGRES_* or PGDATA is set and PostgreSQL is installed. Found
+    // by finding it (no extra look around on the usual path); only when that fails is the
+    // machine searched, to tell "not installed" (the database is elsewhere) from a mistake.
+    let mut found = None;
+    let (want_postgres, postgres_reason) = match wants_postgres(env)? {
+        Want::Decided(on, reason) => (on, reason),
+        Want::IfInstalled(first) => match find_postgres(env, reaper) {
+            Ok(pg) => {
+                let reason = format!(
+                    "on: {first} is set and PostgreSQL is installed in {} (TANDEM_POSTGRES=auto)",
+                    pg.1.dir.display()
+                );
+                found = Some(pg);
+                (true, reason)
+            }
+            Err(_) if postgres::binaries::installed(env).is_none() => (
+                false,
+                format!("off: {first} is set but no PostgreSQL is installed, so the database is elsewhere (TANDEM_POSTGRES=auto; set it to on to insist)"),
+            ),
+            Err(e) => return Err(e.into()),
+        },
+    };
     if cmd.is_empty() && !want_postgres {
         return Err(
             "nothing to run: give the app's command (tandem -- CMD ARGS...) or set POSTGRES_* variables for the embedded PostgreSQL"
@@ -52,8 +73,10 @@ pub fn from_env(
     let mut launches: Vec<(Launch, Option<Probe>)> = Vec::new();
     let mut pg_settings = None;
     if want_postgres {
-        let settings = postgres::Settings::from_env(env)?;
-        let bins = postgres::locate_binaries(&settings, env, reaper)?;
+        let (settings, bins) = match found {
+            Some(pg) => pg,
+            None => find_postgres(env, reaper)?,
+        };
         let start_timeout = match var(env, "TANDEM_PG_START_TIMEOUT") {
             Some(v) => {
                 Some(parse_duration(v).map_err(|e| format!("TANDEM_PG_START_TIMEOUT: {e}"))?)
@@ -131,25 +154,18 @@ pub fn from_env(
     }
 
     let specs = builder.build().map_err(|errors| errors.join("; "))?;
-    let services = specs
-        .into_iter()
-        .zip(launches)
-        .map(|(spec, (launch, probe))| ServicePlan {
-            spec,
-            launch,
-            probe,
-        })
-        .collect();
-    Ok(Plan {
-        services,
-        settings: Settings {
-            budget: stop_budget,
-            stop_exit,
-            seed: jitter_seed(),
-        },
+    let settings = Settings {
+        budget: stop_budget,
+        stop_exit,
+        seed: jitter_seed(),
+    };
+    Ok(Plan::assemble(
+        specs,
+        launches,
+        settings,
         socket,
         postgres_reason,
-    })
+    ))
 }
 
 /// The app's probe: `TANDEM_APP_HEALTH_URL` (http), `TANDEM_APP_HEALTH_TCP` (host:port) or
@@ -229,7 +245,7 @@ pub fn direct_probes(
     os_env: &[(OsString, OsString)],
 ) -> Result<Vec<(String, Probe, Duration)>, String> {
     let mut probes = Vec::new();
-    if wants_postgres(env)?.0 {
+    if !matches!(wants_postgres(env)?, Want::Decided(false, _)) {
         let settings = postgres::Settings::from_env(env)?;
         let health = health_spec(env, "TANDEM_PG", DEFAULT_PG_HEALTH)?;
         probes.push((
@@ -288,13 +304,31 @@ fn url_aliases(env: &HashMap<String, String>) -> Result<Vec<(String, String)>, S
     Ok(out)
 }
 
-/// Whether the embedded PostgreSQL runs, and why. `auto` (the default) runs it when a
-/// `POSTGRES_*` or `PGDATA` variable is set AND PostgreSQL is installed: an app image that
-/// only carries `POSTGRES_*` to reach a database elsewhere does not start one.
-fn wants_postgres(env: &HashMap<String, String>) -> Result<(bool, String), String> {
+/// The embedded database's settings and binaries, from the environment.
+fn find_postgres(
+    env: &HashMap<String, String>,
+    reaper: &Reaper,
+) -> Result<(postgres::Settings, postgres::Binaries), String> {
+    let settings = postgres::Settings::from_env(env)?;
+    let bins = postgres::locate_binaries(&settings, env, reaper)?;
+    Ok((settings, bins))
+}
+
+/// What TANDEM_POSTGRES says.
+enum Want {
+    /// On or off, and why.
+    Decided(bool, String),
+    /// auto with this variable set: on if PostgreSQL is installed.
+    IfInstalled(String),
+}
+
+/// Whether the embedded PostgreSQL runs. `auto` (the default) runs it when a `POSTGRES_*`
+/// or `PGDATA` variable is set AND PostgreSQL is installed: an app image that only carries
+/// `POSTGRES_*` to reach a database elsewhere does not start one.
+fn wants_postgres(env: &HashMap<String, String>) -> Result<Want, String> {
     match var(env, "TANDEM_POSTGRES").unwrap_or("auto") {
-        "on" | "1" | "true" | "yes" => Ok((true, "on: TANDEM_POSTGRES=on".into())),
-        "off" | "0" | "false" | "no" => Ok((false, "off: TANDEM_POSTGRES=off".into())),
+        "on" | "1" | "true" | "yes" => Ok(Want::Decided(true, "on: TANDEM_POSTGRES=on".into())),
+        "off" | "0" | "false" | "no" => Ok(Want::Decided(false, "off: TANDEM_POSTGRES=off".into())),
         "auto" => {
             let mut set: Vec<&str> = env
                 .keys()
@@ -302,22 +336,13 @@ fn wants_postgres(env: &HashMap<String, String>) -> Result<(bool, String), Strin
                 .map(String::as_str)
                 .collect();
             set.sort();
-            let Some(first) = set.first() else {
-                return Ok((
+            Ok(match set.first() {
+                Some(first) => Want::IfInstalled(first.to_string()),
+                None => Want::Decided(
                     false,
                     "off: no POSTGRES_* or PGDATA variable is set (TANDEM_POSTGRES=auto)".into(),
-                ));
-            };
-            match postgres::binaries::installed(env) {
-                Some(dir) => Ok((
-                    true,
-                    format!("on: {first} is set and PostgreSQL is installed in {} (TANDEM_POSTGRES=auto)", dir.display()),
-                )),
-                None => Ok((
-                    false,
-                    format!("off: {first} is set but no PostgreSQL is installed, so the database is elsewhere (TANDEM_POSTGRES=auto; set it to on to insist)"),
-                )),
-            }
+                ),
+            })
         }
         other => Err(format!("TANDEM_POSTGRES={other:?}: use on, off or auto")),
     }

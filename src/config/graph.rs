@@ -15,7 +15,7 @@ use super::file::{self, File, Kind, ProbeDef, Problems, RestartPolicy, Source};
 use super::{
     env::{jitter_seed, os_env_get},
     postgres_probe, socket_path, var, CommandPlan, Launch, Plan, PlanError, PostgresPlan,
-    ServicePlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
+    DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
 use crate::postgres;
@@ -175,6 +175,7 @@ fn plan(
     }
 
     check_graph(f, p);
+    check_budget(f, budget, p);
     if !p.list.is_empty() {
         return None;
     }
@@ -185,35 +186,22 @@ fn plan(
             return None;
         }
     };
-    check_budget(&specs, f, budget, p);
-    let services = specs
-        .into_iter()
-        .zip(launches)
-        .map(|(spec, (launch, probe))| ServicePlan {
-            spec,
-            launch,
-            probe,
-        })
-        .collect();
-    Some(Plan {
-        services,
-        settings: Settings {
-            budget,
-            stop_exit,
-            seed: jitter_seed(),
-        },
-        socket,
-        postgres_reason: match &f.postgres {
-            Some(_) => format!(
-                "on: the config file {} has a [postgres] section",
-                path.display()
-            ),
-            None => format!(
-                "off: the config file {} has no [postgres] section",
-                path.display()
-            ),
-        },
-    })
+    let settings = Settings {
+        budget,
+        stop_exit,
+        seed: jitter_seed(),
+    };
+    let reason = match &f.postgres {
+        Some(_) => format!(
+            "on: the config file {} has a [postgres] section",
+            path.display()
+        ),
+        None => format!(
+            "off: the config file {} has no [postgres] section",
+            path.display()
+        ),
+    };
+    Some(Plan::assemble(specs, launches, settings, socket, reason))
 }
 
 /// The embedded database from its section over the environment (the section wins).
@@ -644,35 +632,46 @@ fn walk<'a>(
 }
 
 /// Each service's own stop time plus what the services it depends on keep after it, and
-/// the final grace, must fit in the budget.
-fn check_budget(specs: &[supervisor::Spec], f: &File, budget: Duration, p: &mut Problems) {
+/// the final grace, must fit in the budget. Worked out from the file itself, so that it is
+/// reported beside every other problem.
+fn check_budget(f: &File, budget: Duration, p: &mut Problems) {
     let grace = (budget / 10).min(Duration::from_millis(500));
-    for (id, spec) in specs.iter().enumerate() {
-        let Some(section) = f.services.iter().find(|s| s.name.value == spec.name) else {
-            continue;
-        };
-        let Some(own) = &section.stop_timeout else {
-            continue;
-        };
+    // What a service keeps for its own stop after its dependents are gone: PostgreSQL a
+    // third of the budget (the builder's rule), others their stop.timeout.
+    let keeps = |name: &str| -> Duration {
+        if name == postgres::SERVICE && f.postgres.is_some() {
+            return (budget / 3).max(Duration::from_secs(1)).min(budget / 2);
+        }
+        f.services
+            .iter()
+            .find(|s| s.name.value == name)
+            .and_then(|s| s.stop_timeout.as_ref().map(|t| t.value))
+            .unwrap_or(Duration::ZERO)
+    };
+    let deps_of = |name: &str| -> Vec<String> {
+        f.services
+            .iter()
+            .find(|s| s.name.value == name)
+            .map(|s| s.depends_on.iter().map(|(d, _)| d.value.clone()).collect())
+            .unwrap_or_default()
+    };
+    for s in &f.services {
+        let Some(own) = &s.stop_timeout else { continue };
+        let mut seen: Vec<String> = vec![s.name.value.clone()];
+        let mut stack = deps_of(&s.name.value);
         let mut kept = Duration::ZERO;
-        let mut seen = vec![false; specs.len()];
-        let mut stack = vec![id];
         let mut names = Vec::new();
-        while let Some(i) = stack.pop() {
-            for &(dep, _) in &specs[i].depends_on {
-                if !seen[dep] {
-                    seen[dep] = true;
-                    if !specs[dep].stop_reserve.is_zero() {
-                        kept += specs[dep].stop_reserve;
-                        names.push(format!(
-                            "{} keeps {} ms",
-                            specs[dep].name,
-                            specs[dep].stop_reserve.as_millis()
-                        ));
-                    }
-                    stack.push(dep);
-                }
+        while let Some(d) = stack.pop() {
+            if seen.contains(&d) {
+                continue;
             }
+            seen.push(d.clone());
+            let k = keeps(&d);
+            if !k.is_zero() {
+                kept += k;
+                names.push(format!("{d} keeps {} ms", k.as_millis()));
+            }
+            stack.extend(deps_of(&d));
         }
         let need = own.value + kept + grace;
         if need > budget {
@@ -695,6 +694,24 @@ fn check_budget(specs: &[supervisor::Spec], f: &File, budget: Duration, p: &mut 
     }
 }
 
+/// Where `tandem healthcheck` and `tandem status` find the running tandem: TANDEM_SOCKET,
+/// else the config file's `[tandem] socket`, else the default rule. A config file that
+/// cannot be read is no reason to fail here: the default is tried.
+pub fn client_socket(flag: Option<PathBuf>, env: &HashMap<String, String>) -> PathBuf {
+    if var(env, "TANDEM_SOCKET").is_none() {
+        let from_file = config_path(flag, env)
+            .and_then(|path| std::fs::read_to_string(&path).ok().map(|t| (path, t)))
+            .and_then(|(path, text)| {
+                let src = Source::new(path, text);
+                file::parse(&src, env).ok()?.0.tandem.socket
+            });
+        if let Some(socket) = from_file {
+            return socket;
+        }
+    }
+    socket_path(var(env, "TANDEM_SOCKET"), var(env, "XDG_RUNTIME_DIR"))
+}
+
 /// Where the config file is: `--config`, else TANDEM_CONFIG, else the default if it exists.
 pub fn config_path(flag: Option<PathBuf>, env: &HashMap<String, String>) -> Option<PathBuf> {
     flag.or_else(|| var(env, "TANDEM_CONFIG").map(PathBuf::from))
@@ -706,3 +723,36 @@ pub fn config_path(flag: Option<PathBuf>, env: &HashMap<String, String>) -> Opti
 
 /// Read when it exists and nothing else names a config file.
 pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_find_the_socket_the_config_file_names() {
+        let dir = crate::testutil::TempDir::new("client-socket");
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[tandem]\nsocket = \"/tmp/elsewhere.sock\"\n").unwrap();
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let flag = Some(file.clone());
+        assert_eq!(
+            client_socket(flag.clone(), &env(&[])),
+            PathBuf::from("/tmp/elsewhere.sock")
+        );
+        let via_env = env(&[("TANDEM_CONFIG", file.to_str().unwrap())]);
+        assert_eq!(
+            client_socket(None, &via_env),
+            PathBuf::from("/tmp/elsewhere.sock")
+        );
+        assert_eq!(
+            client_socket(flag, &env(&[("TANDEM_SOCKET", "/tmp/mine.sock")])),
+            PathBuf::from("/tmp/mine.sock"),
+            "the variable wins, as for tandem itself"
+        );
+    }
+}

@@ -20,7 +20,7 @@ mod file;
 mod graph;
 
 pub use env::{direct_probes, from_env};
-pub use graph::{config_path, from_file};
+pub use graph::{client_socket, config_path, from_file};
 
 /// Why a plan could not be made, with the exit code it deserves.
 #[derive(Debug)]
@@ -35,6 +35,17 @@ impl From<String> for PlanError {
     fn from(message: String) -> Self {
         PlanError { message, code: 1 }
     }
+}
+
+/// Whether tandem itself reads this variable (so its value must be text): its own, the
+/// official image's, libpq's, and the few of the system's it consults.
+pub fn reads_variable(name: &str) -> bool {
+    name.starts_with("TANDEM_")
+        || name.starts_with("POSTGRES_")
+        || matches!(
+            name,
+            "PGDATA" | "PGPORT" | "PG_BINDIR" | "PATH" | "XDG_RUNTIME_DIR" | "NO_COLOR"
+        )
 }
 
 /// The plan from the config file when there is one, else from the environment alone.
@@ -154,6 +165,31 @@ pub struct PostgresPlan {
 }
 
 impl Plan {
+    /// The plan from the builder's specs and, by the same index, how each service runs.
+    fn assemble(
+        specs: Vec<Spec>,
+        launches: Vec<(Launch, Option<Probe>)>,
+        settings: supervisor::Settings,
+        socket: PathBuf,
+        postgres_reason: String,
+    ) -> Plan {
+        let services = specs
+            .into_iter()
+            .zip(launches)
+            .map(|(spec, (launch, probe))| ServicePlan {
+                spec,
+                launch,
+                probe,
+            })
+            .collect();
+        Plan {
+            services,
+            settings,
+            socket,
+            postgres_reason,
+        }
+    }
+
     pub fn specs(&self) -> Vec<Spec> {
         self.services.iter().map(|s| s.spec.clone()).collect()
     }

@@ -100,7 +100,7 @@ impl StatusReport {
                 line.push_str(cell);
                 if i + 1 < row.len() {
                     let pad = widths[i] - cell.chars().count();
-                    line.extend(std::iter::repeat(' ').take(pad));
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             out.push_str(line.trim_end());

@@ -14,10 +14,61 @@ use super::wire::{
     encode, parse_request, Ask, Request, Response, MAX_REQUEST, READ_TIMEOUT, WRITE_TIMEOUT,
 };
 
-/// Connections served at once. Only root (the socket is 0600) can connect, so this is a
-/// guard against a runaway script rather than an attacker; beyond it, new connections wait
-/// in the listen backlog until one finishes.
-const MAX_CONNECTIONS: usize = 32;
+/// Requests answered at once (each health request runs every probe). Beyond it, a request
+/// that has arrived waits for a place.
+const MAX_ANSWERING: usize = 32;
+
+/// Connections open at once. A connection that has not sent its request yet costs a task
+/// and a 512-byte buffer (about 2 KiB in all, so at most ~2 MiB); beyond the limit, or when
+/// tandem runs out of descriptors, the oldest of them is closed to make room, so clients
+/// that connect and say nothing never keep a health check out.
+const MAX_OPEN: usize = 1024;
+
+/// The connections that have not sent their request yet, oldest first.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    open: usize,
+    idle: std::collections::BTreeMap<u64, tokio::task::AbortHandle>,
+}
+
+impl Waiting {
+    /// Closes the oldest connection still waiting for its request; false if there is none.
+    fn evict_oldest(&mut self) -> bool {
+        match self.idle.pop_first() {
+            Some((_, task)) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counts a connection as open until its task ends, however it ends (aborted included).
+struct OpenGuard {
+    id: u64,
+    waiting: Arc<std::sync::Mutex<Waiting>>,
+}
+
+impl OpenGuard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The request is in: no longer one to evict.
+    fn arrived(&self) {
+        self.lock().idle.remove(&self.id);
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut w = self.lock();
+        w.idle.remove(&self.id);
+        w.open -= 1;
+    }
+}
 
 /// The running server. Dropping it stops accepting and removes the socket file (unless
 /// another process has replaced it since).
@@ -132,40 +183,74 @@ async fn clear_stale(path: &Path) -> Result<(), String> {
 }
 
 async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer_limit: Duration) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let answering = Arc::new(Semaphore::new(MAX_ANSWERING));
+    let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
     loop {
-        // With every slot taken, stop accepting: further clients wait in the kernel's
-        // backlog (each served connection is bounded in time), rather than being told
-        // "unhealthy" because of a burst of health checks.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, typically: give the others time to close
-                // rather than spin on the error.
-                tracing::warn!("control socket: cannot accept a connection: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors: make room by closing the oldest silent connection; with
+                // none, give the others time to close rather than spin on the error.
+                let evicted = waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .evict_oldest();
+                if !evicted {
+                    tracing::warn!("control socket: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 continue;
             }
         };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            connection(stream, &requests, answer_limit).await;
-            drop(slot);
+        let id = {
+            let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if w.open >= MAX_OPEN && !w.evict_oldest() {
+                // Every open connection is being answered: this one waits its turn no more.
+                continue;
+            }
+            w.open += 1;
+            w.next += 1;
+            w.next
+        };
+        let guard = OpenGuard {
+            id,
+            waiting: Arc::clone(&waiting),
+        };
+        let (requests, answering) = (requests.clone(), Arc::clone(&answering));
+        let task = tokio::spawn(async move {
+            connection(stream, &requests, answer_limit, &answering, &guard).await;
         });
+        // The task has not run yet (one thread): it is registered before it can finish.
+        waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .idle
+            .insert(id, task.abort_handle());
     }
 }
 
 /// One connection: one line in, one line out, closed. Every step is bounded in time.
-async fn connection(mut stream: UnixStream, requests: &mpsc::Sender<Ask>, answer_limit: Duration) {
+async fn connection(
+    mut stream: UnixStream,
+    requests: &mpsc::Sender<Ask>,
+    answer_limit: Duration,
+    answering: &Semaphore,
+    guard: &OpenGuard,
+) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Err(_) => Response::Error {
             message: format!("no request within {} ms", READ_TIMEOUT.as_millis()),
         },
         Ok(Err(message)) => Response::Error { message },
-        Ok(Ok(req)) => ask(req, requests, answer_limit).await,
+        Ok(Ok(req)) => {
+            guard.arrived();
+            match answering.acquire().await {
+                Ok(_slot) => ask(req, requests, answer_limit).await,
+                Err(_) => Response::Error {
+                    message: "tandem is shutting down".into(),
+                },
+            }
+        }
     };
     let bytes = encode(&response);
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -177,7 +262,7 @@ async fn connection(mut stream: UnixStream, requests: &mpsc::Sender<Ask>, answer
 
 async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    let mut reader = BufReader::with_capacity(512, stream.take(MAX_REQUEST as u64 + 1));
     reader
         .read_until(b'\n', &mut line)
         .await

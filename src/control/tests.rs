@@ -408,3 +408,66 @@ api       running  unhealthy  12345  2h05m   2         http 503 1s ago
     let back: Response = serde_json::from_str(&json).unwrap();
     assert!(matches!(back, Response::Status(s) if s.services.len() == 3));
 }
+
+/// Clients that connect and say nothing (a sidecar leaking connections) never keep a health
+/// check out: with 1 000 of them open, and then 1 500 more than the server keeps, and with
+/// clients opening and closing as fast as they can, a health request is answered at once.
+/// (With 32 slots held for the 1 s read timeout, the answer used to take seconds.)
+#[tokio::test]
+async fn idle_and_churning_clients_never_keep_a_health_check_out() {
+    let dir = TempDir::new("ctl-idle");
+    let path = dir.path().join("tandem.sock");
+    let (tx, _task) = runtime(Some(Response::Health(report())));
+    let _guard = serve(&path, tx, Duration::from_secs(1)).await.unwrap();
+
+    let mut idle = Vec::new();
+    for round in [1000usize, 1500] {
+        // Off the runtime's thread: connect blocks while the server's backlog is full.
+        let p = path.clone();
+        let more = tokio::task::spawn_blocking(move || {
+            (0..round)
+                .map(|_| std::os::unix::net::UnixStream::connect(&p).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        idle.extend(more);
+        let t = Instant::now();
+        let r = call(&path, Request::Health, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        assert!(matches!(r, Response::Health(_)), "{r:?}");
+        eprintln!(
+            "health answered in {took:?} with {} idle clients",
+            idle.len()
+        );
+        assert!(
+            took < Duration::from_millis(500),
+            "{took:?} with {} idle",
+            idle.len()
+        );
+    }
+    drop(idle);
+
+    let p = path.clone();
+    let churn = tokio::task::spawn_blocking(move || {
+        for _ in 0..3000 {
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&p) {
+                drop(s);
+            }
+        }
+    });
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = call(&path, Request::Health, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(r, Response::Health(_)), "{r:?}");
+        worst = worst.max(t.elapsed());
+    }
+    churn.await.unwrap();
+    eprintln!("worst health answer while clients churned: {worst:?}");
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
+}

@@ -184,6 +184,12 @@ impl Prober {
             } => postgres(host, *port, user, password.as_deref(), database, timeout).await,
             Probe::Http { url } => self.http(url).await,
             Probe::Tcp { addr } => match tokio::net::TcpStream::connect(addr.as_str()).await {
+                // With nothing listening on a port in the ephemeral range, a connection to
+                // a local address can pick that very port as its own and "connect" to
+                // itself (a TCP simultaneous open): that is not a listener.
+                Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => {
+                    Outcome::Fail("connection refused (connected to itself)".into())
+                }
                 Ok(_) => Outcome::Ok,
                 Err(e) => Outcome::Fail(io_detail(&e)),
             },

@@ -620,3 +620,40 @@ async fn postgres_probe_logs_in_for_real() {
     );
     pg.stop().await;
 }
+
+/// With nothing listening on a local port in the ephemeral range, a connection can take
+/// that port as its own and connect to itself (TCP simultaneous open): the probe must not
+/// call that healthy. Provoked by probing until it happens (about one in 30 000 here).
+#[tokio::test]
+async fn a_tcp_probe_that_connects_to_itself_is_not_a_listener() {
+    // A port inside the ephemeral range that nothing listens on.
+    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Even: Linux gives connect() the even ports of the range (bind() the odd ones).
+    let port = ((lo / 2 + hi / 2)..hi)
+        .filter(|p| p % 2 == 0)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
+    let probe = Probe::Tcp {
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let p = prober();
+    let mut itself = 0;
+    for _ in 0..2 * (hi - lo) as usize {
+        let r = p.run(&probe, Duration::from_secs(1)).await;
+        match &r.outcome {
+            Outcome::Ok => panic!("127.0.0.1:{port} has no listener, yet the probe said ok"),
+            Outcome::Fail(d) if d.contains("itself") => {
+                itself += 1;
+                break;
+            }
+            _ => {}
+        }
+    }
+    eprintln!("self-connections to 127.0.0.1:{port} seen and refused: {itself}");
+}

@@ -201,30 +201,9 @@ fn chown_tree(root: &Path, what: &str, owner: &Owner) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::process::{ChildSpec, Identity};
-    use crate::testutil::{self, TempDir};
+    use crate::testutil::{self, owners_under, write, TempDir};
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
-
-    fn write(path: &Path, contents: &[u8], mode: u32) {
-        std::fs::write(path, contents).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    fn owners_under(dir: &Path) -> Vec<(PathBuf, u32)> {
-        let mut out = vec![];
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                out.push((p.clone(), m.uid()));
-                if m.is_dir() {
-                    stack.push(p);
-                }
-            }
-        }
-        out
-    }
 
     #[test]
     fn not_root_a_directory_owned_by_someone_else_is_an_error() {

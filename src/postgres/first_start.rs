@@ -118,6 +118,7 @@ pub async fn prepare(
     let data = &settings.data_dir;
     match inspect(data)? {
         DataDir::Initialised => {
+            check_version(data, bins)?;
             tracing::info!(
                 "PostgreSQL data directory {} already holds a database; skipping initialisation",
                 data.display()
@@ -169,6 +170,55 @@ fn shorten(names: &[String]) -> String {
         shown.push("...");
     }
     shown.join(", ")
+}
+
+/// The major version that made PGDATA must be the binaries' own: a server refuses the files
+/// of another major, with a line buried in its log. Said up front instead, with the fix;
+/// nothing is started and nothing on disk changes.
+fn check_version(data: &Path, bins: &Binaries) -> Result<(), String> {
+    let file = data.join("PG_VERSION");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let made_by = text.trim();
+    let ours = major(&bins.version);
+    let (Some(theirs_n), Some(ours_n)) = (major_number(made_by), major_number(&ours)) else {
+        return Ok(()); // An unusual version string: let the server judge.
+    };
+    let dir = data.display();
+    if theirs_n > ours_n {
+        return Err(format!(
+            "PGDATA {dir} was initialised by PostgreSQL {made_by}, and these binaries ({}) are PostgreSQL {ours}: \
+             a data directory cannot be downgraded; use an image with PostgreSQL {made_by} or newer",
+            bins.dir.display()
+        ));
+    }
+    if theirs_n < ours_n {
+        return Err(format!(
+            "PGDATA {dir} was initialised by PostgreSQL {made_by}, and these binaries ({}) are PostgreSQL {ours}: \
+             upgrade the directory first (pg_upgrade, with PostgreSQL {made_by}'s binaries installed beside these), \
+             or dump it with PostgreSQL {made_by} and restore it into an empty PGDATA; nothing was changed",
+            bins.dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// "15.18" -> "15", "9.6.24" -> "9.6", "17" -> "17".
+fn major(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) if a.parse::<u32>().is_ok_and(|n| n < 10) => format!("{a}.{b}"),
+        (Some(a), _) => a.to_string(),
+        _ => version.to_string(),
+    }
+}
+
+/// A major version as a number that orders: 9.6 -> 906, 15 -> 1500.
+fn major_number(major: &str) -> Option<u32> {
+    let mut parts = major.split('.');
+    let first: u32 = parts.next()?.parse().ok()?;
+    let second: u32 = parts.next().map_or(Some(0), |p| p.parse().ok())?;
+    Some(first * 100 + second)
 }
 
 /// The official image refuses to create a superuser without a password unless told to trust.
@@ -496,7 +546,8 @@ impl Ctx<'_> {
 
 /// Removes what an interrupted first start made: the marker with its staging cluster, what
 /// its last step had already moved into PGDATA (PGDATA held nothing else when it began),
-/// and the contents of the WAL directory (initdb needs it empty).
+/// and the WAL it wrote into POSTGRES_INITDB_WALDIR (initdb needs it empty; only what
+/// PostgreSQL names its WAL is removed, in case the variable now names another directory).
 fn remove_interrupted(settings: &Settings) -> Result<(), String> {
     let data = &settings.data_dir;
     let entries =
@@ -512,11 +563,21 @@ fn remove_interrupted(settings: &Settings) -> Result<(), String> {
     if let Some(wal) = &settings.waldir {
         if let Ok(entries) = std::fs::read_dir(wal) {
             for entry in entries.flatten() {
-                remove_any(&entry.path())?;
+                if is_wal_name(&entry.file_name().to_string_lossy()) {
+                    remove_any(&entry.path())?;
+                }
             }
         }
     }
     sync_dir(data)
+}
+
+/// What PostgreSQL keeps in pg_wal: segments (24 hex digits), timeline histories, partial
+/// and backup files, and its status directories.
+fn is_wal_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("");
+    let hex = stem.len() >= 8 && stem.chars().all(|c| c.is_ascii_hexdigit());
+    hex || matches!(name, "archive_status" | "summaries")
 }
 
 fn remove_marker(data: &Path) -> Result<(), String> {
@@ -571,7 +632,7 @@ mod tests {
     use crate::logs;
     use crate::postgres::{app_env, locate_binaries, server_spec, wait_ready};
     use crate::process::{ChildSpec, Exit};
-    use crate::testutil::{self, TempDir};
+    use crate::testutil::{self, owners_under, write, TempDir};
     use nix::sys::signal::Signal;
     use nix::unistd::Pid;
     use std::collections::HashMap;
@@ -680,27 +741,6 @@ mod tests {
         let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
-    }
-
-    fn write(path: &Path, contents: &[u8], mode: u32) {
-        std::fs::write(path, contents).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    fn owners_under(dir: &Path) -> Vec<(PathBuf, u32)> {
-        let mut out = vec![];
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                out.push((p.clone(), m.uid()));
-                if m.is_dir() {
-                    stack.push(p);
-                }
-            }
-        }
-        out
     }
 
     #[tokio::test]
@@ -1036,6 +1076,53 @@ EOSQL
         assert_eq!(inspect(data), Ok(DataDir::Initialised));
         std::fs::remove_file(data.join("PG_VERSION")).unwrap();
         assert_eq!(inspect(data), Ok(DataDir::Foreign(vec!["base".into()])));
+    }
+
+    #[test]
+    fn major_versions_compare_across_the_old_and_new_numbering() {
+        assert_eq!(major("15.18"), "15");
+        assert_eq!(major("9.6.24"), "9.6");
+        assert_eq!(major("17"), "17");
+        assert!(major_number("9.6") < major_number("10"));
+        assert!(major_number("15") < major_number("17"));
+        let bins = |v: &str| Binaries {
+            dir: "/usr/lib/postgresql/15/bin".into(),
+            version: v.into(),
+            source: "test",
+        };
+        let root = TempDir::new("version");
+        write(&root.path().join("PG_VERSION"), b"17\n", 0o600);
+        let err = check_version(root.path(), &bins("15")).unwrap_err();
+        assert!(
+            err.contains("initialised by PostgreSQL 17") && err.contains("cannot be downgraded"),
+            "{err}"
+        );
+        write(&root.path().join("PG_VERSION"), b"13\n", 0o600);
+        let err = check_version(root.path(), &bins("15.18")).unwrap_err();
+        assert!(
+            err.contains("PostgreSQL 13")
+                && err.contains("pg_upgrade")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
+        write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
+        assert_eq!(check_version(root.path(), &bins("15")), Ok(()));
+    }
+
+    #[test]
+    fn only_wal_is_taken_from_the_wal_directory() {
+        for wal in [
+            "000000010000000000000001",
+            "00000002.history",
+            "000000010000000000000002.partial",
+            "archive_status",
+            "summaries",
+        ] {
+            assert!(is_wal_name(wal), "{wal}");
+        }
+        for other in ["notes.txt", "lost+found", "backup", ".keep", "ABC"] {
+            assert!(!is_wal_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -100,6 +100,12 @@ impl Settings {
                     "{name} contains a NUL byte, which PostgreSQL names cannot hold"
                 ));
             }
+            if value.len() > MAX_NAME {
+                return Err(format!(
+                    "{name} is {} bytes long; PostgreSQL names are at most {MAX_NAME} bytes: choose a shorter one",
+                    value.len()
+                ));
+            }
         }
         if password
             .as_deref()
@@ -185,8 +191,18 @@ fn secret(env: &HashMap<String, String>, name: &str) -> Result<Option<String>, S
         (Some(v), None) => Ok(Some(v.clone())),
         (None, None) => Ok(None),
         (None, Some(path)) => {
-            let bytes =
-                std::fs::read(path).map_err(|e| format!("cannot read {file_var} {path}: {e}"))?;
+            use std::io::Read;
+            // Bounded: a mistake such as /dev/zero must not eat the memory.
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_SECRET as u64 + 1).read_to_end(&mut bytes))
+                .map_err(|e| format!("cannot read {file_var} {path}: {e}"))?;
+            if bytes.len() > MAX_SECRET {
+                return Err(format!(
+                    "{file_var} {path} is longer than {} KiB, the most tandem reads for a value; is it the right file?",
+                    MAX_SECRET / 1024
+                ));
+            }
             let mut text = String::from_utf8(bytes)
                 .map_err(|_| format!("{file_var} {path} is not UTF-8 text"))?;
             while text.ends_with('\n') {
@@ -196,6 +212,13 @@ fn secret(env: &HashMap<String, String>, name: &str) -> Result<Option<String>, S
         }
     }
 }
+
+/// The longest value tandem reads from a `_FILE`.
+pub const MAX_SECRET: usize = 64 * 1024;
+
+/// PostgreSQL's names (users, databases) are at most NAMEDATALEN - 1 bytes; longer ones
+/// are cut silently by the server, so a login with the whole name would fail.
+pub const MAX_NAME: usize = 63;
 
 /// Splits `s` into words as a POSIX shell would, without expansions: whitespace separates
 /// words, single quotes keep everything literally, double quotes keep everything but a

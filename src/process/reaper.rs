@@ -53,6 +53,7 @@ impl std::fmt::Display for SpawnError {
         let what = match self.error.kind() {
             io::ErrorKind::NotFound => "not found".to_string(),
             io::ErrorKind::PermissionDenied => "not executable (permission denied)".to_string(),
+            io::ErrorKind::IsADirectory => "is a directory, not a program".to_string(),
             _ => self.error.to_string(),
         };
         write!(f, "cannot run {}: {what}", self.program.display())
@@ -156,7 +157,10 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> Result<Path
     use std::os::unix::fs::PermissionsExt;
     let check = |p: &Path| -> Result<(), io::Error> {
         let meta = std::fs::metadata(p)?;
-        if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 {
+        if meta.is_dir() {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
             return Err(io::Error::from(io::ErrorKind::PermissionDenied));
         }
         Ok(())
@@ -178,14 +182,21 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> Result<Path
         let candidate = dir.join(program);
         match check(&candidate) {
             Ok(()) => return Ok(candidate),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied = Some(candidate),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::IsADirectory
+                ) =>
+            {
+                denied = Some((candidate, e.kind()))
+            }
             Err(_) => {}
         }
     }
     Err(match denied {
-        Some(p) => SpawnError {
+        Some((p, kind)) => SpawnError {
             program: p,
-            error: io::Error::from(io::ErrorKind::PermissionDenied),
+            error: io::Error::from(kind),
         },
         None => SpawnError {
             program: as_path.to_path_buf(),

@@ -63,14 +63,12 @@ impl ServiceDef {
         ServiceDef::new(name, Kind::Daemon)
     }
 
-    // The config file's kinds (the zero-config mode has neither); the tests use them now.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn oneshot(name: &str) -> ServiceDef {
         ServiceDef::new(name, Kind::Oneshot)
     }
 
-    /// Something tandem does not run, known by its probe.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Something tandem does not run, known by its probe. It is never restarted: when it
+    /// stays unhealthy, that is reported (whatever its health says, see `spec`).
     pub fn external(name: &str, health: HealthSpec) -> ServiceDef {
         ServiceDef {
             readiness: Some(Readiness::Probe),
@@ -257,7 +255,14 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
         start_timeout: d.start_timeout,
         reload_signal: d.reload_signal,
         forward_signals: d.forward_signals,
-        health: d.health,
+        // Nothing to restart in a service tandem does not run.
+        health: d.health.map(|h| match d.kind {
+            Kind::External => HealthSpec {
+                on_unhealthy: super::OnUnhealthy::Report,
+                ..h
+            },
+            _ => h,
+        }),
         restart: d.restart,
         required: d.required,
     }

@@ -171,14 +171,7 @@ impl Supervisor {
             svc.spec.name,
             svc.spec.stop_ladder[0].as_str()
         );
-        svc.stop = Some(Stopping {
-            began: now,
-            window_end,
-            target: None,
-            ladder: main_ladder(&svc.spec),
-            step: 0,
-            sent_to_main: Vec::new(),
-        });
+        svc.stop = Some(Stopping::new(now, window_end, &svc.spec));
         self.retarget(id, now);
         Phase::Stopping
     }
@@ -194,14 +187,11 @@ impl Supervisor {
         );
         let later = svc.spec.step_timeout * (svc.spec.stop_ladder.len() as u32).saturating_sub(2);
         svc.restarting = true;
-        svc.stop = Some(Stopping {
-            began: now,
-            window_end: now + svc.spec.stop_timeout + later,
-            target: None,
-            ladder: main_ladder(&svc.spec),
-            step: 0,
-            sent_to_main: Vec::new(),
-        });
+        svc.stop = Some(Stopping::new(
+            now,
+            now + svc.spec.stop_timeout + later,
+            &svc.spec,
+        ));
         self.retarget(id, now);
         Phase::Stopping
     }
@@ -467,6 +457,20 @@ impl Supervisor {
             (None, Some(_)) if clean => 0,
             (None, Some(sig)) => 128 + sig as i32,
             (None, None) => 0,
+        }
+    }
+}
+
+impl Stopping {
+    /// A stop beginning at `now`, to be over by `window_end`, not yet at any process.
+    fn new(now: Instant, window_end: Instant, spec: &super::Spec) -> Stopping {
+        Stopping {
+            began: now,
+            window_end,
+            target: None,
+            ladder: main_ladder(spec),
+            step: 0,
+            sent_to_main: Vec::new(),
         }
     }
 }

@@ -1537,3 +1537,28 @@ fn a_service_that_is_not_required_may_fail_and_the_others_go_on() {
         .iter()
         .any(|a| matches!(a, Action::Signal { .. })));
 }
+
+#[test]
+fn an_external_service_that_stays_unhealthy_is_reported_never_restarted() {
+    let defs = vec![
+        ServiceDef::external("db", http_health(OnUnhealthy::Restart)),
+        ServiceDef::daemon("app")
+            .main(true)
+            .after("db", Condition::Healthy),
+    ];
+    let mut h = Harness::new(build(B9, defs), B9);
+    h.probe_at(5, 0, Outcome::Ok);
+    for t in [5010u64, 10_020, 15_030, 20_040] {
+        h.run_until(h.t0 + Duration::from_millis(t - 5));
+        h.probe_at(t, 0, fail("connection refused"));
+    }
+    assert_eq!(h.sup.health(0).0, Some(Health::Unhealthy));
+    assert_eq!(h.sup.status(h.now)[0].phase, Phase::Ready, "never stopped");
+    h.run_until(h.t0 + 25_100 * MS);
+    assert!(
+        probes_at(&h, 0).iter().any(|t| *t > 20_040 * MS),
+        "still probed"
+    );
+    h.probe_at(25_200, 0, Outcome::Ok);
+    assert_eq!(h.sup.health(0).0, Some(Health::Healthy));
+}

@@ -203,6 +203,8 @@ pub fn chown_to(path: &Path, uid: u32, gid: u32) {
 #[derive(Clone, Default)]
 pub struct Env {
     vars: BTreeMap<String, String>,
+    /// Values that are not UTF-8, set as raw bytes.
+    raw: BTreeMap<String, Vec<u8>>,
 }
 
 impl Env {
@@ -213,6 +215,14 @@ impl Env {
 
     pub fn remove(&mut self, key: &str) -> &mut Env {
         self.vars.remove(key);
+        self.raw.remove(key);
+        self
+    }
+
+    /// A value as raw bytes (not UTF-8, say).
+    pub fn set_bytes(&mut self, key: &str, value: &[u8]) -> &mut Env {
+        self.vars.remove(key);
+        self.raw.insert(key.to_string(), value.to_vec());
         self
     }
 
@@ -224,6 +234,10 @@ impl Env {
         command.env_clear().env("PATH", PATH);
         for (key, value) in &self.vars {
             command.env(key, value);
+        }
+        for (key, value) in &self.raw {
+            use std::os::unix::ffi::OsStrExt;
+            command.env(key, std::ffi::OsStr::from_bytes(value));
         }
     }
 }
@@ -1080,6 +1094,33 @@ impl Tandem {
                     "{needle:?} came too early: expected in this order: {needles:#?}"
                 )),
                 None => self.fail(&format!("no line {needle:?}")),
+            }
+        }
+    }
+}
+
+impl Tandem {
+    /// Starts `tandem --config FILE` (no CMD) in the given mode.
+    pub fn start_config(mode: Mode, env: &Env, config: &Path) -> Tandem {
+        Tandem::start_raw(
+            mode,
+            env,
+            &["--config", config.to_str().unwrap()],
+            &[],
+            None,
+        )
+    }
+
+    /// [`Tandem::assert_clean_postgres_stop`] for runs without the test app: both halves of
+    /// a clean fast shutdown after the first line containing `marker` (e.g. tandem's
+    /// `postgres is ready`, which the temporary server of a first start never reaches).
+    pub fn assert_clean_postgres_stop_after(&self, marker: &str) {
+        for line in [
+            "received fast shutdown request",
+            "database system is shut down",
+        ] {
+            if !self.log.contains_after(marker, line) {
+                self.fail(&format!("no {line:?} from PostgreSQL after {marker:?}"));
             }
         }
     }
