@@ -64,8 +64,10 @@ fn password() -> String {
 /// and its tag; everything else in this file depends only on the CMD serving HEALTH_PATH on
 /// API_PORT with that contract.
 fn app_image() -> &'static str {
-    const IMAGE: &str = "tandem-genie:local";
-    const BUILD: [&str; 2] = ["images/build.sh", "genie"];
+    // The example app's flavour of the image (fast to build, its health endpoint runs
+    // SELECT 1, and it keeps notes), tagged as images/build.sh tags it.
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    const BUILD: [&str; 2] = ["images/build.sh", "genie-example"];
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let result = BUILT.get_or_init(|| {
         let started = Instant::now();
@@ -88,7 +90,10 @@ fn app_image() -> &'static str {
     if let Err(e) = result {
         panic!("{e}");
     }
-    IMAGE
+    IMAGE.get_or_init(|| {
+        let tag = std::env::var("TANDEM_IMAGE_TAG").unwrap_or_else(|_| "local".into());
+        format!("tandem-genie-example:{tag}")
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
