@@ -113,27 +113,43 @@ const EXEC_DETAIL_MAX: usize = 100;
 pub struct Prober {
     reaper: Reaper,
     http: reqwest::Client,
+    /// The same, its connections from [`PROBE_SOURCE`]: for URLs on 127.0.0.1.
+    http_loopback: reqwest::Client,
 }
+
+/// Probes of 127.0.0.1 connect from this address. An app's port in the ephemeral range
+/// (48886 is) can otherwise be taken by a probe made before the app listens: the connect
+/// picks that very port as its own source and connects to itself, and the port then stays
+/// in TIME_WAIT for a minute, so the app cannot bind it. From another address the pair can
+/// never be the same. All of 127.0.0.0/8 is the loopback interface's.
+pub const PROBE_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 
 impl Prober {
     pub fn new(reaper: Reaper) -> Result<Prober, String> {
-        let http = reqwest::Client::builder()
-            // A 302 to a login page is not a healthy app.
-            .redirect(reqwest::redirect::Policy::none())
-            // HTTP_PROXY in the container is meant for the app's outbound traffic, not for
-            // reaching the app itself over loopback.
-            .no_proxy()
-            // Every probe opens a fresh connection, as a new client would: a pooled one
-            // could hide an app that no longer accepts connections.
-            .pool_max_idle_per_host(0)
-            .user_agent(concat!(
-                "tandem/",
-                env!("CARGO_PKG_VERSION"),
-                " healthcheck"
-            ))
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client for probes: {e}"))?;
-        Ok(Prober { reaper, http })
+        let client = |source: Option<std::net::IpAddr>| {
+            reqwest::Client::builder()
+                // A 302 to a login page is not a healthy app.
+                .redirect(reqwest::redirect::Policy::none())
+                // HTTP_PROXY in the container is meant for the app's outbound traffic, not
+                // for reaching the app itself over loopback.
+                .no_proxy()
+                // Every probe opens a fresh connection, as a new client would: a pooled one
+                // could hide an app that no longer accepts connections.
+                .pool_max_idle_per_host(0)
+                .local_address(source)
+                .user_agent(concat!(
+                    "tandem/",
+                    env!("CARGO_PKG_VERSION"),
+                    " healthcheck"
+                ))
+                .build()
+                .map_err(|e| format!("cannot set up the HTTP client for probes: {e}"))
+        };
+        Ok(Prober {
+            reaper,
+            http: client(None)?,
+            http_loopback: client(Some(PROBE_SOURCE.into()))?,
+        })
     }
 
     /// Runs every given probe at once, each with its own timeout; the results come back in
@@ -183,7 +199,7 @@ impl Prober {
                 database,
             } => postgres(host, *port, user, password.as_deref(), database, timeout).await,
             Probe::Http { url } => self.http(url).await,
-            Probe::Tcp { addr } => match tokio::net::TcpStream::connect(addr.as_str()).await {
+            Probe::Tcp { addr } => match tcp_connect(addr).await {
                 // With nothing listening on a port in the ephemeral range, a connection to
                 // a local address can pick that very port as its own and "connect" to
                 // itself (a TCP simultaneous open): that is not a listener.
@@ -198,7 +214,13 @@ impl Prober {
     }
 
     async fn http(&self, url: &str) -> Outcome {
-        match self.http.get(url).send().await {
+        let on_loopback = reqwest::Url::parse(url).is_ok_and(|u| u.host_str() == Some("127.0.0.1"));
+        let client = if on_loopback {
+            &self.http_loopback
+        } else {
+            &self.http
+        };
+        match client.get(url).send().await {
             Ok(resp) if resp.status().is_success() => Outcome::Ok,
             Ok(resp) => Outcome::Fail(format!("http {}", resp.status().as_u16())),
             Err(e) if e.is_builder() => Outcome::Fail(format!("bad url: {}", innermost(&e))),
@@ -254,6 +276,25 @@ impl Prober {
             None => Outcome::Fail("lost track of the probe command".into()),
         }
     }
+}
+
+/// Connects to `addr` (host:port), from [`PROBE_SOURCE`] when the host is 127.0.0.1.
+async fn tcp_connect(addr: &str) -> io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        let attempt = if target.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((PROBE_SOURCE, 0).into())?;
+            socket.connect(target).await
+        } else {
+            tokio::net::TcpStream::connect(target).await
+        };
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
 }
 
 /// SIGKILLs a probe's process group when dropped. The group is the child's own session,
