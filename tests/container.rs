@@ -721,7 +721,9 @@ fn hive_agent_frozen_server_turns_unhealthy_and_tandem_restarts_it() {
 /// A Hive server that stops answering (SIGSTOP to its pid: the process is there, its port
 /// is open, nothing answers) makes `tandem healthcheck` fail; tandem restarts it (SIGTERM,
 /// then SIGKILL when it does not stop) and the container is healthy again with a new server,
-/// without ever stopping. Probe timings are shortened at run time, as a user would.
+/// without ever stopping. Then the server is killed outright: with TANDEM_APP_RESTART it is
+/// started again in place, `tandem healthcheck` unhealthy meanwhile. Probe timings are
+/// shortened at run time, as a user would.
 fn frozen_server_turns_unhealthy_and_is_restarted(scope: &mut Scope, flavor: Flavor) {
     let volume = scope.volume();
     let c = scope.run_app(
@@ -735,6 +737,8 @@ fn frozen_server_turns_unhealthy_and_is_restarted(scope: &mut Scope, flavor: Fla
             "TANDEM_APP_HEALTH_TIMEOUT=1s",
             "-e",
             "TANDEM_APP_HEALTH_RETRIES=2",
+            "-e",
+            "TANDEM_APP_RESTART=on-failure",
         ],
     );
     c.wait_healthy();
@@ -781,11 +785,39 @@ fn frozen_server_turns_unhealthy_and_is_restarted(scope: &mut Scope, flavor: Fla
     }
     let logs = c.logs();
     assert!(
-        logs.contains("app is unhealthy") && logs.contains("starting it again (restart 1)"),
+        logs.contains("app is unhealthy")
+            && logs.contains("starting it again in")
+            && logs.contains("(restart 1)"),
         "{logs}"
     );
-    assert_ne!(server(), pid, "the same server answers:\n{logs}");
+    let second = server();
+    assert_ne!(second, pid, "the same server answers:\n{logs}");
     c.wait_healthy();
+
+    // Killed: restarted in place after its backoff, unhealthy until it answers again.
+    c.exec_ok(&["kill", "-KILL", &second]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_unhealthy = false;
+    loop {
+        let (code, line) = healthcheck();
+        saw_unhealthy |= code == Some(1);
+        if saw_unhealthy && code == Some(0) {
+            break;
+        }
+        assert!(c.running(), "the container stopped:\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline + START_TIMEOUT,
+            "still {code:?} {line:?}:\n{}",
+            c.logs()
+        );
+        thread::sleep(POLL);
+    }
+    let logs = c.logs();
+    assert!(
+        logs.contains("app killed by SIGKILL; restarting it in"),
+        "{logs}"
+    );
+    assert_ne!(server(), second, "a new server:\n{logs}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -128,6 +128,20 @@ pub fn from_env(
             let signal = parse_signal(s).map_err(|e| format!("TANDEM_APP_STOP_SIGNAL: {e}"))?;
             app = app.stop(StopStyle::Signal(signal));
         }
+        // The app restarted in place when it dies, with the config file's default backoff.
+        match var(env, "TANDEM_APP_RESTART") {
+            None | Some("no") => {}
+            Some(p @ ("on-failure" | "always")) => {
+                let mut spec = crate::supervisor::table::default_restart();
+                spec.on_failure_only = p == "on-failure";
+                app = app.restart(Some(spec));
+            }
+            Some(v) => {
+                return Err(
+                    format!("TANDEM_APP_RESTART={v:?}: use no, on-failure or always").into(),
+                )
+            }
+        }
         if let Some(s) = var(env, "TANDEM_APP_RELOAD_SIGNAL") {
             app = app.reload(Some(
                 parse_signal(s).map_err(|e| format!("TANDEM_APP_RELOAD_SIGNAL: {e}"))?,
@@ -497,6 +511,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("TANDEM_APP_RELOAD_SIGNAL"));
+    }
+
+    #[test]
+    fn the_app_may_be_restarted_in_place() {
+        let p = plan(
+            &["sh"],
+            &[("PATH", "/bin"), ("TANDEM_APP_RESTART", "on-failure")],
+        )
+        .unwrap();
+        let r = p.services[0]
+            .spec
+            .restart
+            .clone()
+            .expect("a restart policy");
+        assert!(r.on_failure_only);
+        let p = plan(&["sh"], &[("PATH", "/bin")]).unwrap();
+        assert!(
+            p.services[0].spec.restart.is_none(),
+            "the default: its exit ends the container"
+        );
+        let e = plan(
+            &["sh"],
+            &[("PATH", "/bin"), ("TANDEM_APP_RESTART", "sometimes")],
+        )
+        .unwrap_err();
+        assert!(e.message.starts_with("TANDEM_APP_RESTART"), "{}", e.message);
     }
 
     #[test]
