@@ -15,6 +15,10 @@
 //! project it creates has a name unique to the run and is removed when the scope drops, whether
 //! the test passed or not. Waits poll a condition until a deadline and fail with what they saw.
 
+#[path = "support/docker.rs"]
+mod docker_support;
+use docker_support::{docker, engine_ready, show, stderr, stdout, write};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -823,31 +827,6 @@ fn frozen_server_turns_unhealthy_and_is_restarted(scope: &mut Scope, flavor: Fla
 // ---------------------------------------------------------------------------------------------
 // Engine, images, scope
 
-/// Whether the engine answers; without it tests skip, or fail under CI.
-fn engine_ready() -> bool {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = READY.get_or_init(|| {
-        let out = Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => Err(stderr(&o)),
-            Err(e) => Err(format!("cannot run docker: {e}")),
-        }
-    });
-    match result {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but no Docker engine answers ({why}); run images/install-docker.sh first")
-        }
-        Err(why) => {
-            eprintln!("skipped: no Docker engine ({why}); images/install-docker.sh starts one");
-            false
-        }
-    }
-}
-
 /// Builds every image of [`TARGETS`] once per test binary.
 fn images_built() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -1225,13 +1204,6 @@ impl Container {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("cannot run docker")
-}
-
 fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
     assert!(out.status.success(), "docker {args:?}: {}", show(&out));
@@ -1247,29 +1219,8 @@ fn docker_quiet(args: &[&str]) {
         .status();
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).trim().to_string()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    )
-}
-
 fn env_flags(vars: &[String]) -> Vec<&str> {
     vars.iter().flat_map(|v| ["-e", v.as_str()]).collect()
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the body.

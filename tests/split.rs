@@ -19,6 +19,10 @@
 //! labelled with the project after that are removed by label. Nothing else is touched: the
 //! engine is shared with other checkouts.
 
+#[path = "support/docker.rs"]
+mod docker_support;
+use docker_support::{docker, engine_ready, show, stdout, write};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -586,31 +590,6 @@ fn compose_tool() -> Option<Compose> {
     }
 }
 
-/// Whether the engine answers; without it tests skip, or fail under CI.
-fn engine_ready() -> bool {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = READY.get_or_init(|| {
-        match Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output()
-        {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => Err(stderr(&o)),
-            Err(e) => Err(format!("cannot run docker: {e}")),
-        }
-    });
-    match result {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but no Docker engine answers ({why}); run images/install-docker.sh first")
-        }
-        Err(why) => {
-            eprintln!("skipped: no Docker engine ({why}); images/install-docker.sh starts one");
-            false
-        }
-    }
-}
-
 /// Everything one test creates, removed on drop (also when the test panics).
 struct Scope {
     projects: Vec<Project>,
@@ -1030,35 +1009,7 @@ fn seconds(s: &str) -> u64 {
         * unit
 }
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("cannot run docker")
-}
-
 fn read(rel: &str) -> String {
     let path = Path::new(TOP).join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).trim().to_string()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    )
 }
