@@ -287,6 +287,12 @@ impl Supervisor {
             None => self.timers.clear(Timer::Escalate(id)),
         }
         self.actions.push_back(Action::Signal { id, signal, to });
+        if signal != Signal::SIGKILL {
+            // A stopped process (SIGSTOP, a debugger) only acts on its stop signal once it
+            // runs again; without this it waits out its share for the SIGKILL.
+            let signal = Signal::SIGCONT;
+            self.actions.push_back(Action::Signal { id, signal, to });
+        }
     }
 
     /// The ladder's next signal (cell).
@@ -559,6 +565,10 @@ pub fn rehearse(specs: Vec<super::Spec>, settings: super::Settings) -> (Vec<Rehe
     for _ in 0..1000 {
         while let Some(a) = sup.poll_action() {
             match a {
+                Action::Signal {
+                    signal: Signal::SIGCONT,
+                    ..
+                } => {}
                 Action::Signal { id, signal, .. } => {
                     out.push(Rehearsed {
                         at: now - t0,

@@ -1562,3 +1562,29 @@ fn an_external_service_that_stays_unhealthy_is_reported_never_restarted() {
     h.probe_at(25_200, 0, Outcome::Ok);
     assert_eq!(h.sup.health(0).0, Some(Health::Healthy));
 }
+
+#[test]
+fn every_stop_signal_but_sigkill_is_followed_by_sigcont() {
+    let mut h = Harness::pair();
+    h.up();
+    h.at(1000 * MS, Event::Signal(Signal::SIGTERM));
+    let after_term: Vec<Action> = h
+        .log
+        .iter()
+        .filter(|(t, _)| *t == 1000 * MS)
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(
+        after_term,
+        vec![sig(APP, Signal::SIGTERM), sig(APP, Signal::SIGCONT)],
+        "a frozen app gets its SIGTERM at once, not at the SIGKILL"
+    );
+    h.run_until(h.t0 + 6500 * MS);
+    let at_kill: Vec<Action> = h
+        .log
+        .iter()
+        .filter(|(t, _)| *t == 6500 * MS)
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(at_kill, vec![sig(APP, Signal::SIGKILL)]);
+}
