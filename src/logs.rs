@@ -183,6 +183,10 @@ pub fn pump(source: &str, stream: Stream, fd: OwnedFd) -> Option<oneshot::Receiv
     Some(eof_rx)
 }
 
+/// How long a child's last output may still take to arrive after its exit before the exit
+/// is reported anyway (a grandchild holding the pipe open).
+pub const LAST_WORDS: Duration = Duration::from_millis(50);
+
 /// The longest line relayed whole; the rest of a longer one is dropped (not held in
 /// memory) and the line ends with a marker saying how much was cut.
 pub const MAX_LINE: usize = 16 * 1024;

@@ -635,12 +635,12 @@ fn walk<'a>(
 /// the final grace, must fit in the budget. Worked out from the file itself, so that it is
 /// reported beside every other problem.
 fn check_budget(f: &File, budget: Duration, p: &mut Problems) {
-    let grace = (budget / 10).min(Duration::from_millis(500));
-    // What a service keeps for its own stop after its dependents are gone: PostgreSQL a
-    // third of the budget (the builder's rule), others their stop.timeout.
+    let grace = supervisor::plan::final_grace(budget);
+    // What a service keeps for its own stop after its dependents are gone: PostgreSQL the
+    // builder's database reserve, others their stop.timeout.
     let keeps = |name: &str| -> Duration {
         if name == postgres::SERVICE && f.postgres.is_some() {
-            return (budget / 3).max(Duration::from_secs(1)).min(budget / 2);
+            return supervisor::plan::database_reserve(budget);
         }
         f.services
             .iter()

@@ -13,9 +13,6 @@ use crate::logs;
 use crate::process::{ChildSpec, Exit, Reaper};
 use crate::supervisor::{Event, Id, Step, StepKind};
 
-/// How long a step's last output may still take to arrive after its exit.
-const LAST_WORDS: Duration = Duration::from_millis(50);
-
 /// Why the set-up did not finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetupError {
@@ -203,7 +200,7 @@ impl Steps {
 
     /// Reports a step whose exit was already awaited with [`RunningStep::exited`].
     pub async fn ended(&self, step: RunningStep, exit: Exit) -> Result<Exit, SetupError> {
-        step.output.wait(LAST_WORDS).await;
+        step.output.wait(logs::LAST_WORDS).await;
         self.report(Event::StepExited {
             id: self.id,
             pid: step.pid,

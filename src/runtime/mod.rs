@@ -30,10 +30,6 @@ pub use signals::{block_signals, spawn_reaper_thread, spawn_signal_thread};
 /// Only spent when something outside our process groups still holds a pipe open.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
-/// How long a child's last output may still take to arrive after its exit before the exit
-/// is reported anyway (a grandchild holding the pipe open).
-const LAST_WORDS: Duration = Duration::from_millis(50);
-
 /// How long the exit sweep may go round killing children (and the orphans that killing
 /// them makes), and how often it looks again while the reaper collects them.
 const SWEEP_LIMIT: Duration = Duration::from_millis(500);
@@ -154,7 +150,7 @@ fn forward_exit(
     let tx = tx.clone();
     tokio::spawn(async move {
         if let Ok(exit) = exit.await {
-            output.wait(LAST_WORDS).await;
+            output.wait(logs::LAST_WORDS).await;
             let _ = tx.send(Event::Exited { id, exit });
         }
     });
@@ -240,7 +236,7 @@ async fn start_postgres(
         },
         result = &mut exit => {
             if let Ok(exit) = result {
-                output.wait(LAST_WORDS).await;
+                output.wait(logs::LAST_WORDS).await;
                 let _ = tx.send(Event::Exited { id, exit });
             }
             return;

@@ -391,7 +391,7 @@ impl Supervisor {
             .collect();
         Supervisor {
             svcs,
-            final_grace: (settings.budget / 10).min(Duration::from_millis(500)),
+            final_grace: plan::final_grace(settings.budget),
             settings,
             shutdown: None,
             timers: Timers::default(),

@@ -223,7 +223,7 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
     });
     let (stop_ladder, step_timeout, stop_reserve, leader_only) = match d.stop {
         StopStyle::Database => {
-            let reserve = (budget / 3).max(Duration::from_secs(1)).min(budget / 2);
+            let reserve = database_reserve(budget);
             (
                 vec![Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL],
                 (reserve / 4).min(Duration::from_secs(1)),
@@ -266,6 +266,18 @@ fn spec(d: ServiceDef, depends_on: Vec<(Id, Condition)>, budget: Duration) -> Sp
         restart: d.restart,
         required: d.required,
     }
+}
+
+/// What the database keeps of the budget for its clean stop, whatever its dependents do:
+/// a third, at least 1 s, at most half.
+pub fn database_reserve(budget: Duration) -> Duration {
+    (budget / 3).max(Duration::from_secs(1)).min(budget / 2)
+}
+
+/// The end of the budget kept for the last SIGKILL to land and be reaped: a tenth, at
+/// most 0.5 s.
+pub fn final_grace(budget: Duration) -> Duration {
+    (budget / 10).min(Duration::from_millis(500))
 }
 
 /// A cycle in the dependency graph, as the path around it (first name repeated at the end).
