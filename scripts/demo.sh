@@ -25,7 +25,9 @@ export PGDATA="$demo/data" PGPORT="${PGPORT:-55432}"
 export POSTGRES_USER=genie POSTGRES_PASSWORD=genie POSTGRES_DB=hive_genie
 export TANDEM_PG_SOCKET_DIR="$demo" TANDEM_SOCKET="$demo/tandem.sock"
 export TANDEM_APP_HEALTH_URL=http://127.0.0.1:48886/api/v1/health
+export TANDEM_HTTP="${TANDEM_HTTP:-127.0.0.1:9188}" TANDEM_APP_RESTART=on-failure
 echo "demo: API on http://127.0.0.1:48886/api/v1/health; in another shell:"
-echo "demo:   TANDEM_SOCKET=$TANDEM_SOCKET target/release/tandem status"
+echo "demo:   TANDEM_SOCKET=$TANDEM_SOCKET target/release/tandem events   (or status)"
+echo "demo:   curl -s http://$TANDEM_HTTP/readyz; curl -s http://$TANDEM_HTTP/metrics"
 exec target/release/tandem -- /usr/bin/python3 -m uvicorn app.main:app \
     --app-dir "$PWD/examples/hive" --host 127.0.0.1 --port 48886

@@ -9,7 +9,8 @@
 //! - [`health`]: the probes: postgres, http, tcp, exec.
 //! - [`postgres`]: the embedded PostgreSQL: binaries, first start as steps, readiness.
 //! - [`config`]: the environment (zero-config mode), validated into one [`config::Plan`].
-//! - [`control`]: the control socket behind `tandem healthcheck` and `tandem status`.
+//! - [`control`]: the control socket behind `tandem healthcheck`, `status` and `events`,
+//!   the event log, and the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
 //! - [`runtime`]: the event loop: signals, the reaper, timers; feeds the supervisor and
 //!   carries out its actions.
 
@@ -30,7 +31,9 @@ pub mod api {
     pub use crate::config::{
         client_socket, direct_probes, load, parse_duration, reads_variable, socket_path,
     };
-    pub use crate::control::{request, HealthReport, Request, Response, ServiceHealth};
+    pub use crate::control::{
+        request, watch_events, HealthReport, Request, Response, ServiceHealth,
+    };
     pub use crate::health::Prober;
     pub use crate::logs::init as init_logs;
     pub use crate::process::Reaper;

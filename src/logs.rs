@@ -38,9 +38,12 @@ fn prefix(source: &str) -> String {
 
 /// Now as RFC 3339 UTC with milliseconds, for JSON lines.
 fn timestamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+    rfc3339(SystemTime::now())
+}
+
+/// A time as RFC 3339 UTC with milliseconds: `2026-12-01T08:27:04.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let now = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).

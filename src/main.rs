@@ -24,7 +24,8 @@ PG_BINDIR, TANDEM_POSTGRES (auto|on|off), TANDEM_STOP_TIMEOUT, TANDEM_STOP_EXIT
 TANDEM_APP_RESTART (no|on-failure|always),
 TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR, TANDEM_PG_SOCKET_DIR, TANDEM_DATABASE_URL_AS
 (NAME=SCHEME,...: the database URL under the app's own names and schemes), TANDEM_SOCKET
-(default /run/tandem.sock as root), TANDEM_LOG_FORMAT (json), TANDEM_LOG (debug|info|warn).
+(default /run/tandem.sock as root), TANDEM_HTTP (IP:PORT: /healthz, /readyz, /metrics),
+TANDEM_LOG_FORMAT (json), TANDEM_LOG (debug|info|warn).
 
 Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD give the app a
 probe; PostgreSQL always has one. TANDEM_{APP,PG}_HEALTH_{INTERVAL,TIMEOUT,RETRIES,START_PERIOD}
@@ -94,9 +95,18 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = api::parse_duration)]
         timeout: Duration,
     },
-    /// Show the running tandem's services: state, health, pid, uptime, restarts, last probe.
+    /// Show the running tandem's services: state, health, pid, uptime, restarts, last probe;
+    /// and where the start's (and a stop's) time went.
     Status {
         /// Print the table as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the running tandem's lifecycle events (spawned, ready, unhealthy, restart
+    /// scheduled, stop steps, exits, PostgreSQL's first-start steps), from the history it
+    /// keeps, then live until interrupted or tandem exits.
+    Events {
+        /// One JSON object a line.
         #[arg(long)]
         json: bool,
     },
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
             timeout,
         }) => healthcheck_direct(json, timeout),
         Some(Command::Status { json }) => status(cli.config, json),
+        Some(Command::Events { json }) => events(cli.config, json),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -327,6 +338,26 @@ fn status(config: Option<PathBuf>, json: bool) -> i32 {
     };
     eprintln!("tandem status: {message}");
     1
+}
+
+fn events(config: Option<PathBuf>, json: bool) -> i32 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let watched = api::watch_events(&socket_path(config), |line, record| {
+        if json {
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{}", record.line())?;
+        }
+        out.flush()
+    });
+    match watched {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tandem events: {e}");
+            1
+        }
+    }
 }
 
 fn fail(message: &str) -> i32 {

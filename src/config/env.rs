@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 
 use super::{
-    health_spec, parse_duration, parse_signal, postgres_probe, socket_path, var, CommandPlan,
-    Launch, Plan, PlanError, PostgresPlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
+    health_spec, http_address, parse_duration, parse_signal, postgres_probe, socket_path, var,
+    CommandPlan, Launch, Plan, PlanError, PostgresPlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH,
     DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
@@ -31,6 +31,10 @@ pub fn from_env(
         None => DEFAULT_STOP_BUDGET,
     };
     let socket = socket_path(var(env, "TANDEM_SOCKET"), var(env, "XDG_RUNTIME_DIR"));
+    let http = match var(env, "TANDEM_HTTP") {
+        Some(v) => http_address(v).map_err(|e| format!("TANDEM_HTTP: {e}"))?,
+        None => None,
+    };
 
     // auto: embedded when a POSTGRES_* or PGDATA is set and PostgreSQL is installed. Found
     // by finding it (no extra look around on the usual path); only when that fails is the
@@ -178,6 +182,7 @@ pub fn from_env(
         launches,
         settings,
         socket,
+        http,
         postgres_reason,
     ))
 }

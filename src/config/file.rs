@@ -95,6 +95,8 @@ pub struct TandemSection {
     pub stop_timeout: Option<At<Duration>>,
     pub stop_exit: Option<StopExit>,
     pub socket: Option<PathBuf>,
+    /// `http = "127.0.0.1:9188"`; `Some(None)` when it says "off".
+    pub http: Option<Option<std::net::SocketAddr>>,
 }
 
 #[derive(Debug)]
@@ -214,7 +216,7 @@ type Table<'i> = DeTable<'i>;
 type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["tandem", "postgres", "service"];
-const TANDEM_KEYS: &[&str] = &["stop_timeout", "stop_exit", "socket"];
+const TANDEM_KEYS: &[&str] = &["stop_timeout", "stop_exit", "socket", "http"];
 const POSTGRES_KEYS: &[&str] = &[
     "data_dir",
     "port",
@@ -327,6 +329,17 @@ impl Reader<'_, '_> {
                     )
                 }
                 "socket" => out.socket = self.string(v, "socket").map(PathBuf::from),
+                "http" => {
+                    out.http = self
+                        .string(v, "http")
+                        .and_then(|s| match super::http_address(&s) {
+                            Ok(a) => Some(a),
+                            Err(e) => {
+                                self.p.at(&v.span(), format!("http: {e}"));
+                                None
+                            }
+                        })
+                }
                 other => self.unknown(key, other, "in [tandem]", TANDEM_KEYS),
             }
         }

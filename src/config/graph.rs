@@ -14,8 +14,8 @@ use nix::unistd::Gid;
 use super::file::{self, File, Kind, ProbeDef, Problems, RestartPolicy, Source};
 use super::{
     env::{jitter_seed, os_env_get},
-    postgres_probe, socket_path, var, CommandPlan, Launch, Plan, PlanError, PostgresPlan,
-    DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
+    http_address, postgres_probe, socket_path, var, CommandPlan, Launch, Plan, PlanError,
+    PostgresPlan, DEFAULT_APP_HEALTH, DEFAULT_PG_HEALTH, DEFAULT_STOP_BUDGET,
 };
 use crate::health::Probe;
 use crate::postgres;
@@ -107,6 +107,17 @@ fn plan(
     let socket = match (var(env, "TANDEM_SOCKET"), &f.tandem.socket) {
         (None, Some(s)) => s.clone(),
         (s, _) => socket_path(s, var(env, "XDG_RUNTIME_DIR")),
+    };
+    let http = match (var(env, "TANDEM_HTTP"), &f.tandem.http) {
+        (Some(v), _) => match http_address(v) {
+            Ok(a) => a,
+            Err(e) => {
+                p.list.push(format!("TANDEM_HTTP: {e}"));
+                None
+            }
+        },
+        (None, Some(a)) => *a,
+        (None, None) => None,
     };
 
     let mut builder = Builder::new(budget);
@@ -201,7 +212,9 @@ fn plan(
             path.display()
         ),
     };
-    Some(Plan::assemble(specs, launches, settings, socket, reason))
+    Some(Plan::assemble(
+        specs, launches, settings, socket, http, reason,
+    ))
 }
 
 /// The embedded database from its section over the environment (the section wins).

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -96,6 +97,18 @@ pub const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(9);
 /// Where `tandem healthcheck` and `tandem status` find the running tandem (as root).
 pub const DEFAULT_SOCKET: &str = "/run/tandem.sock";
 
+/// The HTTP endpoint's address (`TANDEM_HTTP`, `[tandem] http`): `HOST:PORT` with an IP
+/// address (`127.0.0.1:9188`, `0.0.0.0:9188`, `[::]:9188`), or `off` (or empty) for none.
+pub fn http_address(value: &str) -> Result<Option<SocketAddr>, String> {
+    let v = value.trim();
+    if v.is_empty() || v == "off" {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| {
+        format!("{value:?} is not an address to listen on: use IP:PORT, e.g. 127.0.0.1:9188 or 0.0.0.0:9188, or off")
+    })
+}
+
 /// The control socket's path: `TANDEM_SOCKET`, else [`DEFAULT_SOCKET`] for root (the
 /// container case), else one in the user's runtime directory, so that tandem run by hand on
 /// a laptop and `tandem status` in another shell meet without configuration.
@@ -122,6 +135,8 @@ pub struct Plan {
     pub settings: supervisor::Settings,
     /// The control socket (`TANDEM_SOCKET`).
     pub socket: PathBuf,
+    /// The HTTP endpoint (`TANDEM_HTTP`): /healthz, /readyz, /metrics. Off when `None`.
+    pub http: Option<SocketAddr>,
     /// Whether the embedded PostgreSQL runs, and why: for `tandem check`.
     pub postgres_reason: String,
 }
@@ -171,6 +186,7 @@ impl Plan {
         launches: Vec<(Launch, Option<Probe>)>,
         settings: supervisor::Settings,
         socket: PathBuf,
+        http: Option<SocketAddr>,
         postgres_reason: String,
     ) -> Plan {
         let services = specs
@@ -186,6 +202,7 @@ impl Plan {
             services,
             settings,
             socket,
+            http,
             postgres_reason,
         }
     }
@@ -317,6 +334,20 @@ impl Plan {
         }
         let _ = writeln!(out, "  tandem exits by {} ms", exit_at.as_millis());
         let _ = writeln!(out, "control socket: {}", self.socket.display());
+        match self.http {
+            Some(addr) => {
+                let _ = writeln!(
+                    out,
+                    "http endpoint: http://{addr} (/healthz, /readyz, /metrics)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "http endpoint: off (TANDEM_HTTP=HOST:PORT turns it on)"
+                );
+            }
+        }
         let warnings = self.warnings();
         if !warnings.is_empty() {
             let _ = writeln!(out, "warnings:");

@@ -10,12 +10,16 @@
 //! runtime to start. [`render`] turns answers into lines and tables for people.
 
 mod client;
+pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod render;
 mod server;
 pub mod wire;
 
 pub use crate::supervisor::verdict::{HealthReport, ServiceHealth};
-pub use client::request;
+pub use client::{request, watch_events};
+pub use events::EventLog;
 pub use server::{serve, ServerGuard};
 pub use wire::{Ask, Request, Response, StatusReport, StatusRow};
 

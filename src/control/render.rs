@@ -106,7 +106,73 @@ impl StatusReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
+        if let Some(t) = &self.start_timeline {
+            out.push_str(&format!("start: {t}\n"));
+        }
+        if let Some(t) = &self.stop_timeline {
+            out.push_str(&format!("stop: {t}\n"));
+        }
         out
+    }
+}
+
+impl super::events::Record {
+    /// One event for a person: `11:02:03.123  +1 204.5 ms  app  spawned (pid 42)`.
+    pub fn line(&self) -> String {
+        let clock = self.ts.get(11..23).unwrap_or(&self.ts);
+        let who = self.service.as_deref().unwrap_or("tandem");
+        format!(
+            "{clock} {:>12} ms  {who}  {}",
+            format!("+{:.1}", self.t_ms),
+            self.what()
+        )
+    }
+
+    /// What happened, in words.
+    pub fn what(&self) -> String {
+        let f = &self.fact;
+        let s = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let n = |k: &str| f.get(k).and_then(|v| v.as_u64());
+        let num = |k: &str| n(k).map_or("?".to_string(), |v| v.to_string());
+        match self.kind() {
+            "boot" => "tandem began supervising".into(),
+            "starting" => "starting".into(),
+            "step_started" => format!("{} started (pid {})", s("step"), num("pid")),
+            "step_exited" => format!("{} {} after {} ms", s("step"), s("exit"), num("ms")),
+            "spawned" => format!("spawned (pid {})", num("pid")),
+            "ready" => format!("ready after {} ms", num("ms")),
+            "healthy" => "healthy".into(),
+            "unhealthy" => format!(
+                "unhealthy ({} failed probes): {}",
+                num("failures"),
+                s("reason")
+            ),
+            "start_failed" => format!("could not start: {}", s("reason")),
+            "restart_scheduled" => format!("restart {} in {} ms", num("restart"), num("delay_ms")),
+            "stopping" => match f.get("signal").and_then(|v| v.as_str()) {
+                Some(sig) => format!("stopping (received {sig})"),
+                None => "stopping".into(),
+            },
+            "stop_step" => {
+                let whose = match f.get("step").and_then(|v| v.as_str()) {
+                    Some(step) => format!("{step}, pid {}", num("pid")),
+                    None => format!("pid {}", num("pid")),
+                };
+                match n("deadline_ms") {
+                    Some(d) => format!("stop: {} to {whose}; next step in {d} ms", s("signal")),
+                    None => format!("stop: {} to {whose}; the last step", s("signal")),
+                }
+            }
+            "exited" => format!("{} (code {})", s("exit"), num("code")),
+            "all_healthy" => format!("healthy after {} ms: {}", num("ms"), s("timeline")),
+            "stopped" => format!(
+                "stopped after {} ms: {}; exit code {}",
+                num("ms"),
+                s("timeline"),
+                num("code")
+            ),
+            other => other.to_string(),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::events::{Dropped, EventLog, Record, MAX_WATCHERS};
 use super::wire::{
     encode, parse_request, Ask, Request, Response, MAX_REQUEST, READ_TIMEOUT, WRITE_TIMEOUT,
 };
@@ -24,17 +25,22 @@ const MAX_ANSWERING: usize = 32;
 /// that connect and say nothing never keep a health check out.
 const MAX_OPEN: usize = 1024;
 
-/// The connections that have not sent their request yet, oldest first.
+/// The connections that have not sent their request yet, oldest first (shared with the
+/// HTTP endpoint, which bounds its connections the same way).
 #[derive(Default)]
-struct Waiting {
+pub(super) struct Waiting {
     next: u64,
     open: usize,
-    idle: std::collections::BTreeMap<u64, tokio::task::AbortHandle>,
+    pub(super) idle: std::collections::BTreeMap<u64, tokio::task::AbortHandle>,
 }
 
 impl Waiting {
+    pub(super) fn lock(w: &std::sync::Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+        w.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Closes the oldest connection still waiting for its request; false if there is none.
-    fn evict_oldest(&mut self) -> bool {
+    pub(super) fn evict_oldest(&mut self) -> bool {
         match self.idle.pop_first() {
             Some((_, task)) => {
                 task.abort();
@@ -46,18 +52,38 @@ impl Waiting {
 }
 
 /// Counts a connection as open until its task ends, however it ends (aborted included).
-struct OpenGuard {
+pub(super) struct OpenGuard {
     id: u64,
     waiting: Arc<std::sync::Mutex<Waiting>>,
 }
 
 impl OpenGuard {
+    /// A place for one more connection, making room by closing the oldest silent one when
+    /// `max` are open; `None` when every open one is being answered. Register the
+    /// connection's task under [`OpenGuard::id`] in `idle` before it can run.
+    pub(super) fn admit(waiting: &Arc<std::sync::Mutex<Waiting>>, max: usize) -> Option<OpenGuard> {
+        let mut w = Waiting::lock(waiting);
+        if w.open >= max && !w.evict_oldest() {
+            return None;
+        }
+        w.open += 1;
+        w.next += 1;
+        Some(OpenGuard {
+            id: w.next,
+            waiting: Arc::clone(waiting),
+        })
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The request is in: no longer one to evict.
-    fn arrived(&self) {
+    pub(super) fn arrived(&self) {
         self.lock().idle.remove(&self.id);
     }
 }
@@ -104,6 +130,7 @@ pub async fn serve(
     path: &Path,
     requests: mpsc::Sender<Ask>,
     answer_limit: Duration,
+    events: EventLog,
 ) -> Result<ServerGuard, String> {
     let shown = path.display();
     let parent = match path.parent() {
@@ -149,7 +176,7 @@ pub async fn serve(
     let meta =
         std::fs::symlink_metadata(path).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
 
-    let accept = tokio::spawn(accept_loop(listener, requests, answer_limit)).abort_handle();
+    let accept = tokio::spawn(accept_loop(listener, requests, answer_limit, events)).abort_handle();
     Ok(ServerGuard {
         path: path.to_path_buf(),
         id: (meta.dev(), meta.ino()),
@@ -182,7 +209,12 @@ async fn clear_stale(path: &Path) -> Result<(), String> {
     }
 }
 
-async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer_limit: Duration) {
+async fn accept_loop(
+    listener: UnixListener,
+    requests: mpsc::Sender<Ask>,
+    answer_limit: Duration,
+    events: EventLog,
+) {
     let answering = Arc::new(Semaphore::new(MAX_ANSWERING));
     let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
     loop {
@@ -202,23 +234,21 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer
                 continue;
             }
         };
-        let id = {
-            let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
-            if w.open >= MAX_OPEN && !w.evict_oldest() {
-                // Every open connection is being answered: this one waits its turn no more.
-                continue;
-            }
-            w.open += 1;
-            w.next += 1;
-            w.next
+        // With every open connection being answered, this one waits its turn no more.
+        let Some(guard) = OpenGuard::admit(&waiting, MAX_OPEN) else {
+            continue;
         };
-        let guard = OpenGuard {
-            id,
-            waiting: Arc::clone(&waiting),
-        };
+        let id = guard.id();
         let (requests, answering) = (requests.clone(), Arc::clone(&answering));
+        let events = events.clone();
         let task = tokio::spawn(async move {
-            connection(stream, &requests, answer_limit, &answering, &guard).await;
+            let link = Link {
+                requests: &requests,
+                answer_limit,
+                answering: &answering,
+                events: &events,
+            };
+            connection(stream, link, &guard).await;
         });
         // The task has not run yet (one thread): it is registered before it can finish.
         waiting
@@ -229,23 +259,30 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Ask>, answer
     }
 }
 
-/// One connection: one line in, one line out, closed. Every step is bounded in time.
-async fn connection(
-    mut stream: UnixStream,
-    requests: &mpsc::Sender<Ask>,
+/// What a connection reaches: the runtime, and the event log.
+struct Link<'a> {
+    requests: &'a mpsc::Sender<Ask>,
     answer_limit: Duration,
-    answering: &Semaphore,
-    guard: &OpenGuard,
-) {
+    answering: &'a Semaphore,
+    events: &'a EventLog,
+}
+
+/// One connection: one line in, one line out, closed (`events`: the event stream until
+/// the client goes). Every step is bounded in time.
+async fn connection(mut stream: UnixStream, link: Link<'_>, guard: &OpenGuard) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Err(_) => Response::Error {
             message: format!("no request within {} ms", READ_TIMEOUT.as_millis()),
         },
         Ok(Err(message)) => Response::Error { message },
+        Ok(Ok(Request::Events)) => {
+            guard.arrived();
+            return stream_events(stream, link.events).await;
+        }
         Ok(Ok(req)) => {
             guard.arrived();
-            match answering.acquire().await {
-                Ok(_slot) => ask(req, requests, answer_limit).await,
+            match link.answering.acquire().await {
+                Ok(_slot) => ask(req, link.requests, link.answer_limit).await,
                 Err(_) => Response::Error {
                     message: "tandem is shutting down".into(),
                 },
@@ -258,6 +295,75 @@ async fn connection(
         stream.shutdown().await
     })
     .await;
+}
+
+/// `tandem events`: the history, then each event as it happens, one JSON line each. A
+/// watcher that falls behind by more than its queue gets a last line saying so; one that
+/// does not take a line within the write timeout is simply closed. Either way the
+/// supervisor never waits for it.
+async fn stream_events(mut stream: UnixStream, log: &EventLog) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(mut watch) = log.watch() else {
+        let refused = Response::Error {
+            message: format!("{MAX_WATCHERS} watchers already; try again later"),
+        };
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&encode(&refused))).await;
+        return;
+    };
+    let (mut from, mut to) = stream.split();
+    for record in std::mem::take(&mut watch.history) {
+        if !send_record(&mut to, &record).await {
+            return;
+        }
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            got = watch.live.recv() => match got {
+                Ok(record) => {
+                    if !send_record(&mut to, &record).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!("tandem events: a watcher fell {missed} events behind; dropped it");
+                    let note = Dropped {
+                        dropped: format!("you fell {missed} events behind; tandem dropped this watch (run tandem events again)"),
+                    };
+                    let mut line = serde_json::to_vec(&note).unwrap_or_default();
+                    line.push(b'\n');
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, to.write_all(&line)).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            // The client went (or sent something, which is ignored).
+            n = from.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One record as a line; false when the watcher is gone or did not take it in time.
+async fn send_record(to: &mut tokio::net::unix::WriteHalf<'_>, record: &Record) -> bool {
+    let Ok(mut line) = serde_json::to_vec(record) else {
+        return true;
+    };
+    line.push(b'\n');
+    match tokio::time::timeout(WRITE_TIMEOUT, to.write_all(&line)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(
+                "tandem events: a watcher took no events for {} ms; dropped it",
+                WRITE_TIMEOUT.as_millis()
+            );
+            false
+        }
+    }
 }
 
 async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {

@@ -13,6 +13,10 @@ use crate::control::wire::{parse_request, READ_TIMEOUT};
 use crate::supervisor::verdict::State;
 use crate::testutil::TempDir;
 
+fn log() -> EventLog {
+    EventLog::new(Instant::now())
+}
+
 fn svc(name: &str, healthy: bool, state: State) -> ServiceHealth {
     ServiceHealth {
         name: name.into(),
@@ -102,7 +106,9 @@ async fn round_trip_through_a_0600_socket_that_is_removed_on_drop() {
     // The parent directory does not exist yet.
     let path = dir.path().join("run/tandem.sock");
     let (tx, task) = runtime(Some(Response::Health(report())));
-    let guard = serve(&path, tx, Duration::from_secs(1)).await.unwrap();
+    let guard = serve(&path, tx, Duration::from_secs(1), log())
+        .await
+        .unwrap();
 
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
@@ -160,9 +166,13 @@ async fn stale_socket_is_replaced_live_one_refused_other_files_kept() {
         )
     );
 
-    let status = Response::Status(StatusReport { services: vec![] });
+    let status = Response::Status(StatusReport {
+        services: vec![],
+        start_timeline: None,
+        stop_timeline: None,
+    });
     let (tx, _task) = runtime(Some(status));
-    let _guard = serve(&path, tx.clone(), Duration::from_secs(1))
+    let _guard = serve(&path, tx.clone(), Duration::from_secs(1), log())
         .await
         .unwrap();
     let r = call(&path, Request::Status, Duration::from_secs(2))
@@ -170,7 +180,7 @@ async fn stale_socket_is_replaced_live_one_refused_other_files_kept() {
         .unwrap();
     assert!(matches!(r, Response::Status(_)), "{r:?}");
 
-    let err = serve(&path, tx.clone(), Duration::from_secs(1))
+    let err = serve(&path, tx.clone(), Duration::from_secs(1), log())
         .await
         .err()
         .unwrap();
@@ -185,7 +195,7 @@ async fn stale_socket_is_replaced_live_one_refused_other_files_kept() {
 
     let file = dir.path().join("not-a-socket");
     std::fs::write(&file, "keep me").unwrap();
-    let err = serve(&file, tx, Duration::from_secs(1))
+    let err = serve(&file, tx, Duration::from_secs(1), log())
         .await
         .err()
         .unwrap();
@@ -198,7 +208,9 @@ async fn silent_client_does_not_block_others_and_is_dropped_after_a_second() {
     let dir = TempDir::new("ctl-slow");
     let path = dir.path().join("tandem.sock");
     let (tx, _task) = runtime(Some(Response::Health(report())));
-    let _guard = serve(&path, tx, Duration::from_secs(1)).await.unwrap();
+    let _guard = serve(&path, tx, Duration::from_secs(1), log())
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let p = path.clone();
@@ -237,11 +249,13 @@ async fn garbage_and_oversized_requests_get_an_error() {
     let dir = TempDir::new("ctl-bad");
     let path = dir.path().join("tandem.sock");
     let (tx, task) = runtime(Some(Response::Health(report())));
-    let guard = serve(&path, tx, Duration::from_secs(1)).await.unwrap();
+    let guard = serve(&path, tx, Duration::from_secs(1), log())
+        .await
+        .unwrap();
 
     let m = error_message(raw(&path, b"hello there\n".to_vec()).await);
     assert!(
-        m.starts_with("bad request (") && m.contains("send \"health\" or \"status\""),
+        m.starts_with("bad request (") && m.contains("send \"health\", \"status\" or \"events\""),
         "{m}"
     );
     let m = error_message(raw(&path, b"\"reboot\"\n".to_vec()).await);
@@ -270,7 +284,9 @@ async fn a_runtime_that_does_not_answer_is_bounded_on_both_sides() {
     let dir = TempDir::new("ctl-stuck");
     let path = dir.path().join("tandem.sock");
     let (tx, _task) = runtime(None);
-    let _guard = serve(&path, tx, Duration::from_millis(300)).await.unwrap();
+    let _guard = serve(&path, tx, Duration::from_millis(300), log())
+        .await
+        .unwrap();
 
     let t = Instant::now();
     let r = call(&path, Request::Health, Duration::from_secs(2))
@@ -307,7 +323,9 @@ async fn a_runtime_that_is_gone_is_reported() {
     let path = dir.path().join("tandem.sock");
     let (tx, rx) = mpsc::channel::<Ask>(1);
     drop(rx);
-    let _guard = serve(&path, tx, Duration::from_secs(1)).await.unwrap();
+    let _guard = serve(&path, tx, Duration::from_secs(1), log())
+        .await
+        .unwrap();
     let r = call(&path, Request::Status, Duration::from_secs(2))
         .await
         .unwrap();
@@ -390,12 +408,15 @@ fn status_table_is_aligned() {
                 last_probe: Some("http 503 1s ago".into()),
             },
         ],
+        start_timeline: Some("healthy after 1 642 ms: postgres ready 212, api healthy 318".into()),
+        stop_timeline: None,
     };
     let expected = "\
 SERVICE   STATE    HEALTH     PID    UPTIME  RESTARTS  LAST PROBE
 postgres  running  healthy    42     3m12s   0         ok 1.2ms 3s ago
 migrate   done     -          -      -       0         -
 api       running  unhealthy  12345  2h05m   2         http 503 1s ago
+start: healthy after 1 642 ms: postgres ready 212, api healthy 318
 ";
     assert_eq!(report.table(), expected);
     assert_eq!(format_uptime(Duration::from_millis(900)), "0s");
@@ -418,7 +439,9 @@ async fn idle_and_churning_clients_never_keep_a_health_check_out() {
     let dir = TempDir::new("ctl-idle");
     let path = dir.path().join("tandem.sock");
     let (tx, _task) = runtime(Some(Response::Health(report())));
-    let _guard = serve(&path, tx, Duration::from_secs(1)).await.unwrap();
+    let _guard = serve(&path, tx, Duration::from_secs(1), log())
+        .await
+        .unwrap();
 
     let mut idle = Vec::new();
     for round in [1000usize, 1500] {

@@ -21,8 +21,17 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Request {
     /// Probe every service now and report.
     Health,
-    /// The process table: states, pids, uptimes, restarts, last probes.
+    /// The process table: states, pids, uptimes, restarts, last probes, timelines.
     Status,
+    /// The event history, then every event live, one JSON line each, until the client
+    /// goes (answered by the socket server itself from the event log).
+    Events,
+    /// The health verdict from what the supervisor knows, without probing (`/readyz`).
+    Ready,
+    /// Whether the loop turns and no required service has failed for good (`/healthz`).
+    Live,
+    /// The Prometheus exposition (`/metrics`).
+    Metrics,
 }
 
 /// One service in a [`StatusReport`].
@@ -44,6 +53,13 @@ pub struct StatusRow {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub services: Vec<StatusRow>,
+    /// Where the start's time went, once everything has been healthy
+    /// (`healthy after 1 642 ms: postgres init 1 104, ready 212, app healthy 318`).
+    #[serde(default)]
+    pub start_timeline: Option<String>,
+    /// The stop so far, once one has begun.
+    #[serde(default)]
+    pub stop_timeline: Option<String>,
 }
 
 /// What the server sends back: one JSON object tagged by `type`.
@@ -52,16 +68,20 @@ pub struct StatusReport {
 pub enum Response {
     Health(HealthReport),
     Status(StatusReport),
+    Live { live: bool, detail: String },
+    Metrics { text: String },
     Error { message: String },
 }
 
 /// A request on its way to the runtime, with where to send the answer.
 pub type Ask = (Request, oneshot::Sender<Response>);
 
-/// A request line: a JSON string, `"health"` or `"status"`, then a newline (or EOF).
+/// A request line: a JSON string (`"health"`, `"status"`, `"events"`, `"ready"`, `"live"`,
+/// `"metrics"`), then a newline (or EOF).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(line.trim_ascii_end())
-        .map_err(|e| format!("bad request ({e}); send \"health\" or \"status\" as one JSON line"))
+    serde_json::from_slice(line.trim_ascii_end()).map_err(|e| {
+        format!("bad request ({e}); send \"health\", \"status\" or \"events\" as one JSON line")
+    })
 }
 
 /// A response as one JSON line.

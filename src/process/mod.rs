@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::Uid;
 
+pub mod procfs;
 mod reaper;
 mod users;
 

@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use crate::config::{CommandPlan, Launch, Plan, PostgresPlan};
+use crate::control::metrics::ProbeStats;
+use crate::control::EventLog;
 use crate::health::Prober;
 use crate::logs;
 use crate::postgres::{self, SetupError, Steps};
@@ -51,8 +53,23 @@ pub async fn run(
     };
     let (ask_tx, mut asks) = mpsc::channel(16);
     let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
+    let origin = Instant::now();
+    let log = EventLog::new(origin);
     // Kept for the life of the loop; dropping it removes the socket file.
-    let _control = control::serve(&plan, ask_tx).await;
+    let _control = control::serve(&plan, ask_tx.clone(), log.clone()).await;
+    let _http = match plan.http {
+        Some(addr) => match crate::control::http::serve(addr, ask_tx).await {
+            Ok(guard) => {
+                tracing::info!("http endpoint on http://{addr} (/healthz, /readyz, /metrics)");
+                Some(guard)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return EXIT_START_FAILED;
+            }
+        },
+        None => None,
+    };
     let names: Vec<&str> = plan.services.iter().map(|s| s.spec.name.as_str()).collect();
     logs::align(&names);
     for warning in plan.warnings() {
@@ -66,10 +83,12 @@ pub async fn run(
         .collect();
     // Every process group a service or a set-up step led, for the sweep at exit.
     let mut groups: Vec<Pid> = Vec::new();
+    let mut probes = vec![ProbeStats::default(); plan.services.len()];
     let plan = Arc::new(plan);
 
-    sup.start(Instant::now());
+    sup.start(origin);
     loop {
+        publish(&mut sup, &log, &plan);
         while let Some(action) = sup.poll_action() {
             match action {
                 Action::Start(id) => start(id, &plan, &reaper, &tx, &cancels[id]),
@@ -93,16 +112,37 @@ pub async fn run(
                     Event::Exited { .. } | Event::StepExited { .. } => {
                         groups.retain(|g| nix::sys::signal::kill(Pid::from_raw(-g.as_raw()), None) != Err(Errno::ESRCH));
                     }
+                    Event::Probe { id, report } => {
+                        if let Some(p) = probes.get_mut(*id) {
+                            p.observe(report);
+                        }
+                    }
                     _ => {}
                 }
                 sup.handle(ev, Instant::now());
             }
             _ = sleep_until(deadline) => sup.handle_timeout(Instant::now()),
             Some((request, reply)) = asks.recv() => {
-                control::answer(request, reply, &sup, &plan, &prober, &verdict_tx, Instant::now());
+                let state = control::State {
+                    sup: &sup,
+                    plan: &plan,
+                    prober: &prober,
+                    verdicts: &verdict_tx,
+                    probes: &probes,
+                };
+                control::answer(request, reply, state, Instant::now());
             }
             Some((fresh, reply)) = verdicts.recv() => control::verdict(&sup, fresh, reply, Instant::now()),
         }
+    }
+}
+
+/// Hands what the supervisor noted to the event log, stamped with the wall clock.
+fn publish(sup: &mut Supervisor, events: &EventLog, plan: &Plan) {
+    let clocks = (Instant::now(), std::time::SystemTime::now());
+    while let Some(noted) = sup.poll_fact() {
+        let service = noted.service.map(|id| plan.services[id].spec.name.as_str());
+        events.publish(noted.at, clocks, service, &noted.fact);
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::table::{Input, Phase};
-use super::{Action, Id, Readiness, Supervisor, Timer};
+use super::{Action, Fact, Id, Readiness, Supervisor, Timer};
 
 /// A probe's timing and the policy when it keeps failing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,10 +119,14 @@ impl Supervisor {
         let in_start_period =
             !h.ever_healthy && svc.started_at.is_some_and(|t| now < t + spec.start_period);
         let mut restart = false;
+        let mut fact = None;
         match &report.outcome {
             Outcome::Ok => {
                 if h.health == Some(Health::Unhealthy) {
                     tracing::info!("{name} is healthy again");
+                }
+                if h.health != Some(Health::Healthy) {
+                    fact = Some(Fact::Healthy);
                 }
                 h.health = Some(Health::Healthy);
                 h.failures = 0;
@@ -144,11 +148,18 @@ impl Supervisor {
                         "{name} is unhealthy ({} failed probes in a row): {detail}",
                         h.failures
                     );
+                    fact = Some(Fact::Unhealthy {
+                        reason: detail.clone(),
+                        failures: h.failures,
+                    });
                     restart = spec.on_unhealthy == OnUnhealthy::Restart;
                 }
             }
         }
         if restart {
+            if let Some(fact) = fact {
+                self.note(now, Some(id), fact);
+            }
             self.apply(id, Input::Restart, now);
             return;
         }
@@ -168,6 +179,9 @@ impl Supervisor {
             && svc.spec.readiness == Readiness::Probe
         {
             self.apply(id, Input::Ready, now);
+        }
+        if let Some(fact) = fact {
+            self.note(now, Some(id), fact);
         }
     }
 }

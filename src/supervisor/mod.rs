@@ -20,14 +20,17 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+mod facts;
 mod health;
 pub mod plan;
 pub mod stop;
 pub mod table;
+mod timeline;
 pub mod timers;
 pub mod verdict;
 
 use crate::process::Exit;
+pub use facts::{Fact, Noted};
 use health::HealthState;
 pub use health::{Health, HealthSpec, LastProbe, OnUnhealthy, Outcome, ProbeReport};
 use table::Input;
@@ -279,6 +282,7 @@ struct Shutdown {
 struct LiveStep {
     step: Step,
     pid: Pid,
+    began: Instant,
     /// The set-up asked for it to be stopped (a server whose work is done).
     stop_asked: bool,
 }
@@ -298,6 +302,10 @@ struct Stopping {
     step: usize,
     /// The signals sent to the main process, to tell a clean stop from a kill.
     sent_to_main: Vec<Signal>,
+    /// Every stop signal sent, to any of its processes, for the stop timeline.
+    sent: Vec<Signal>,
+    /// When its last process was gone.
+    ended: Option<Instant>,
 }
 
 /// Per-service bookkeeping.
@@ -328,6 +336,12 @@ struct Svc {
     restart_times: Vec<Instant>,
     /// Since when it has been ready.
     ready_since: Option<Instant>,
+    /// This start ran set-up steps (PostgreSQL's first start): the timeline says "init".
+    had_steps: bool,
+    /// When this start first counted as healthy, for the start timeline.
+    healthy_at: Option<Instant>,
+    /// How long its last start took, from asked for to ready.
+    last_start: Option<Duration>,
 }
 
 pub struct Supervisor {
@@ -341,6 +355,12 @@ pub struct Supervisor {
     exited: bool,
     /// The jitter's random state (xorshift64*).
     rng: u64,
+    /// What happened, for the runtime to drain ([`Supervisor::poll_fact`]).
+    facts: VecDeque<Noted>,
+    /// When [`Supervisor::start`] was called: the origin of the start timeline.
+    booted: Option<Instant>,
+    /// The start timeline, once every service has been healthy.
+    start_timeline: Option<String>,
 }
 
 /// One service as the supervisor sees it, for `tandem status` and the verdict.
@@ -364,6 +384,10 @@ pub struct ServiceStatus {
     pub last_probe: Option<LastProbe>,
     /// The probe's kind ("http"), when it has one.
     pub probe_kind: Option<&'static str>,
+    /// How long its last start took, from asked for to ready.
+    pub last_start: Option<Duration>,
+    /// Whether it must be running for the container to be healthy.
+    pub required: bool,
 }
 
 impl Supervisor {
@@ -387,6 +411,9 @@ impl Supervisor {
                 attempt: 0,
                 restart_times: Vec::new(),
                 ready_since: None,
+                had_steps: false,
+                healthy_at: None,
+                last_start: None,
             })
             .collect();
         Supervisor {
@@ -398,11 +425,16 @@ impl Supervisor {
             actions: VecDeque::new(),
             exited: false,
             rng: settings.seed | 1,
+            facts: VecDeque::new(),
+            booted: None,
+            start_timeline: None,
         }
     }
 
     /// Starts every service whose dependencies are already met.
     pub fn start(&mut self, now: Instant) {
+        self.booted = Some(now);
+        self.note(now, None, Fact::Boot);
         self.advance(now);
         self.handle_timeout(now);
     }
@@ -445,7 +477,10 @@ impl Supervisor {
             }
             Event::StepReady { id } => self.on_step_ready(id),
             Event::StepStopWanted { id } => self.on_step_stop_wanted(id, now),
-            Event::StepExited { id, pid, .. } => self.apply(id, Input::StepExited(pid), now),
+            Event::StepExited { id, pid, exit } => {
+                self.note_step_exited(id, pid, exit, now);
+                self.apply(id, Input::StepExited(pid), now)
+            }
             Event::Signal(sig) => self.on_signal(sig, now),
             Event::Probe { id, report } => self.on_probe(id, report, now),
         }
@@ -489,6 +524,9 @@ impl Supervisor {
         }
         if self.shutdown.is_none() {
             self.start_ready_services(now);
+        }
+        if self.shutdown.is_none() {
+            self.note_healthy(now);
         }
         if let Some(sd) = &self.shutdown {
             let immediate = sd.immediate;
@@ -599,6 +637,8 @@ impl Svc {
             restarts: self.restarts,
             last_probe: self.health.last.clone(),
             probe_kind: self.spec.health.as_ref().map(|h| h.probe_kind),
+            last_start: self.last_start,
+            required: self.spec.required,
         }
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::table::{Input, Phase};
-use super::{Action, Id, Kind, Shutdown, StepKind, StopExit, Stopping, Supervisor, Target, Timer};
+use super::{
+    Action, Fact, Id, Kind, Shutdown, StepKind, StopExit, Stopping, Supervisor, Target, Timer,
+};
 
 /// How long a set-up's server may take to stop once the set-up is done with it (a fast
 /// shutdown writes a checkpoint, which after a large init script can take a while).
@@ -103,6 +105,8 @@ impl Supervisor {
             immediate: false,
         });
         self.timers.set(Timer::Budget, deadline);
+        let signal = signal.map(|s| s.as_str().to_string());
+        self.note(now, None, Fact::Stopping { signal });
         // A service being restarted is already stopping: it stays stopped, and its stop now
         // has to fit in the budget like everyone else's.
         for id in 0..self.svcs.len() {
@@ -281,11 +285,24 @@ impl Supervisor {
         if svc.pid == Some(pid) {
             stop.sent_to_main.push(signal);
         }
+        stop.sent.push(signal);
         let to = target(stop.ladder.leader_only, signal, pid);
+        let step = svc
+            .steps
+            .iter()
+            .find(|s| s.pid == pid)
+            .map(|s| s.step.name.clone());
         match escalate_at {
             Some(at) => self.timers.set(Timer::Escalate(id), at),
             None => self.timers.clear(Timer::Escalate(id)),
         }
+        let fact = Fact::StopStep {
+            signal: signal.as_str().to_string(),
+            pid: pid.as_raw(),
+            step,
+            deadline_ms: escalate_at.map(|at| super::facts::ms(at.saturating_duration_since(now))),
+        };
+        self.note(now, Some(id), fact);
         self.actions.push_back(Action::Signal { id, signal, to });
         if signal != Signal::SIGKILL {
             // A stopped process (SIGSTOP, a debugger) only acts on its stop signal once it
@@ -351,9 +368,11 @@ impl Supervisor {
         now: Instant,
     ) -> Phase {
         if let Input::StepStarted(step, pid) = input {
+            self.note_step_started(id, &step, pid, now);
             self.svcs[id].steps.push(super::LiveStep {
                 step,
                 pid,
+                began: now,
                 stop_asked: false,
             });
             self.retarget(id, now);
@@ -424,10 +443,7 @@ impl Supervisor {
         self.exited = true;
         self.timers.clear_all();
         let code = self.exit_code();
-        if let Some(sd) = &self.shutdown {
-            let ms = now.saturating_duration_since(sd.started).as_millis();
-            tracing::info!("stopped after {ms} ms; exiting with code {code}");
-        }
+        self.note_stopped(now, code);
         self.actions.push_back(Action::Exit { code });
     }
 
@@ -477,6 +493,8 @@ impl Stopping {
             ladder: main_ladder(spec),
             step: 0,
             sent_to_main: Vec::new(),
+            sent: Vec::new(),
+            ended: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use super::{
-    Id, Kind, LiveStep, Readiness, RestartSpec, Step, Supervisor, Timer, EXIT_SERVICE_FAILED,
+    Fact, Id, Kind, LiveStep, Readiness, RestartSpec, Step, Supervisor, Timer, EXIT_SERVICE_FAILED,
     EXIT_START_FAILED,
 };
 use crate::process::Exit;
@@ -288,6 +288,10 @@ impl Supervisor {
     fn launch(&mut self, id: Id, _: Input, now: Instant) -> Phase {
         let svc = &mut self.svcs[id];
         svc.start_requested = Some(now);
+        svc.had_steps = false;
+        svc.healthy_at = None;
+        self.note(now, Some(id), Fact::Starting);
+        let svc = &mut self.svcs[id];
         if svc.spec.kind == Kind::External {
             // Nothing to run: it is "started" now, and ready when its probe says so.
             svc.started_at = Some(now);
@@ -320,9 +324,14 @@ impl Supervisor {
         svc.pid = Some(pid);
         svc.started_at = Some(now);
         tracing::info!(pid = pid.as_raw(), "{} started", svc.spec.name);
+        self.note(now, Some(id), Fact::Spawned { pid: pid.as_raw() });
+        let svc = &mut self.svcs[id];
         match svc.spec.readiness {
             Readiness::Started => {
                 svc.ready_since = Some(now);
+                svc.last_start = svc
+                    .start_requested
+                    .map(|t| now.saturating_duration_since(t));
                 self.timers.clear(Timer::StartDeadline(id));
                 if svc.spec.health.is_some() {
                     self.timers.set(Timer::Probe(id), now);
@@ -342,13 +351,20 @@ impl Supervisor {
     }
 
     fn became_ready(&mut self, id: Id, _: Input, now: Instant) -> Phase {
-        self.svcs[id].ready_since = Some(now);
+        let svc = &mut self.svcs[id];
+        svc.ready_since = Some(now);
+        svc.last_start = svc
+            .start_requested
+            .map(|t| now.saturating_duration_since(t));
         let svc = &self.svcs[id];
         let ms = svc
             .start_requested
             .map(|t| now.saturating_duration_since(t).as_millis())
             .unwrap_or(0);
         tracing::info!("{} is ready after {ms} ms", svc.spec.name);
+        let fact = Fact::Ready { ms: ms as u64 };
+        self.note(now, Some(id), fact);
+        let svc = &self.svcs[id];
         self.timers.clear(Timer::StartDeadline(id));
         if svc.spec.health.is_some() && self.timers.get(Timer::Probe(id)).is_none() {
             // A probe that made it ready has already re-armed itself.
@@ -363,6 +379,13 @@ impl Supervisor {
         let Input::StartFailed { reason, code } = input else {
             return self.svcs[id].phase;
         };
+        self.note(
+            now,
+            Some(id),
+            Fact::StartFailed {
+                reason: reason.clone(),
+            },
+        );
         let svc = &mut self.svcs[id];
         svc.failed = true;
         if svc.pid.is_some() {
@@ -387,9 +410,11 @@ impl Supervisor {
             Some(t) => self.timers.set(Timer::StartDeadline(id), now + t),
             None => self.timers.clear(Timer::StartDeadline(id)),
         }
+        self.note_step_started(id, &step, pid, now);
         self.svcs[id].steps.push(LiveStep {
             step,
             pid,
+            began: now,
             stop_asked: false,
         });
         Phase::Starting
@@ -434,7 +459,7 @@ impl Supervisor {
             return self.svcs[id].phase;
         };
         let was_ready = self.svcs[id].phase == Phase::Ready;
-        self.forget_process(id, exit);
+        self.forget_process(id, exit, now);
         let svc = &mut self.svcs[id];
         let name = svc.spec.name.clone();
         if self.shutdown.is_some() {
@@ -528,9 +553,12 @@ impl Supervisor {
         svc.attempt += 1;
         svc.restart_times.push(now);
         svc.restarts += 1;
+        let restart = svc.restarts;
         let spread = r.jitter * (2.0 * self.random() - 1.0);
         let delay = Duration::from_secs_f64((base * (1.0 + spread)).max(0.0));
         self.timers.set(Timer::Restart(id), now + delay);
+        let delay_ms = super::facts::ms(delay);
+        self.note(now, Some(id), Fact::RestartScheduled { delay_ms, restart });
         Some(delay)
     }
 
@@ -552,7 +580,12 @@ impl Supervisor {
     }
 
     /// The main process is gone: what the runtime and the probes knew of it goes too.
-    fn forget_process(&mut self, id: Id, exit: Exit) {
+    fn forget_process(&mut self, id: Id, exit: Exit, now: Instant) {
+        let fact = Fact::Exited {
+            exit: exit.to_string(),
+            code: exit.shell_code(),
+        };
+        self.note(now, Some(id), fact);
         let svc = &mut self.svcs[id];
         svc.exit = Some(exit);
         svc.pid = None;
@@ -562,7 +595,7 @@ impl Supervisor {
         self.timers.clear(Timer::Escalate(id));
     }
 
-    fn gave_up_starting(&mut self, id: Id, input: Input, _now: Instant) -> Phase {
+    fn gave_up_starting(&mut self, id: Id, input: Input, now: Instant) -> Phase {
         if let Input::StartFailed { reason, .. } = input {
             tracing::info!(
                 "{} did not finish starting: {reason}",
@@ -572,6 +605,9 @@ impl Supervisor {
         let svc = &mut self.svcs[id];
         svc.steps.clear();
         svc.last_stop = svc.stop.take();
+        if let Some(stop) = &mut svc.last_stop {
+            stop.ended = Some(now);
+        }
         self.timers.clear(Timer::Escalate(id));
         self.timers.clear(Timer::StartDeadline(id));
         Phase::Done
@@ -581,10 +617,13 @@ impl Supervisor {
         let Input::Exited(exit) = input else {
             return self.svcs[id].phase;
         };
-        self.forget_process(id, exit);
+        self.forget_process(id, exit, now);
         let shutting_down = self.shutdown.is_some();
         let svc = &mut self.svcs[id];
-        let stop = svc.stop.take();
+        let mut stop = svc.stop.take();
+        if let Some(stop) = &mut stop {
+            stop.ended = Some(now);
+        }
         if svc.restarting && !shutting_down {
             svc.restarting = false;
             svc.exit = None;

@@ -1588,3 +1588,266 @@ fn every_stop_signal_but_sigkill_is_followed_by_sigcont() {
         .collect();
     assert_eq!(at_kill, vec![sig(APP, Signal::SIGKILL)]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Facts and timelines.
+
+fn facts(h: &mut Harness) -> Vec<(Duration, Option<Id>, Fact)> {
+    let mut out = Vec::new();
+    while let Some(n) = h.sup.poll_fact() {
+        out.push((n.at - h.t0, n.service, n.fact));
+    }
+    out
+}
+
+/// A first start (initdb, the temporary server, its stop), PostgreSQL ready, the app up and
+/// healthy, then a stop: every fact at its instant, and both timelines made of the same
+/// instants.
+#[test]
+fn a_start_and_a_stop_are_facts_and_timelines_with_the_same_instants() {
+    let specs = build(
+        B9,
+        vec![
+            ServiceDef::database("postgres"),
+            ServiceDef::daemon("app")
+                .main(true)
+                .after("postgres", Condition::Healthy)
+                .health(Some(http_health(OnUnhealthy::Restart))),
+        ],
+    );
+    let mut h = Harness::new(specs, B9);
+    let initdb = step("initdb", StepKind::Scratch, Some(Duration::from_secs(300)));
+    h.at(5 * MS, step_started(PG, initdb, 50));
+    h.at(905 * MS, step_exited(PG, 50, Exit::Code(0)));
+    let server = step("the temporary server", StepKind::Server, Some(60_000 * MS));
+    h.at(910 * MS, step_started(PG, server, 60));
+    h.at(1000 * MS, Event::StepReady { id: PG });
+    h.at(1010 * MS, Event::StepStopWanted { id: PG });
+    h.at(1100 * MS, step_exited(PG, 60, Exit::Code(0)));
+    h.at(
+        1104 * MS,
+        Event::Started {
+            id: PG,
+            pid: Pid::from_raw(10),
+        },
+    );
+    h.at(1316 * MS, Event::Ready { id: PG });
+    h.at(
+        1320 * MS,
+        Event::Started {
+            id: APP,
+            pid: Pid::from_raw(20),
+        },
+    );
+    h.probe_at(1634, APP, fail("connection refused"));
+    h.probe_at(1642, APP, Outcome::Ok);
+    let start = "healthy after 1 642 ms: postgres init 1 104, ready 212, app healthy 326";
+    assert_eq!(h.sup.start_timeline(), Some(start));
+    let got = facts(&mut h);
+    use Fact as F;
+    let expected: Vec<(Duration, Option<Id>, Fact)> = vec![
+        (Duration::ZERO, None, F::Boot),
+        (Duration::ZERO, Some(PG), F::Starting),
+        (
+            5 * MS,
+            Some(PG),
+            F::StepStarted {
+                step: "initdb".into(),
+                pid: 50,
+            },
+        ),
+        (
+            905 * MS,
+            Some(PG),
+            F::StepExited {
+                step: "initdb".into(),
+                ms: 900,
+                exit: "exited with code 0".into(),
+            },
+        ),
+        (
+            910 * MS,
+            Some(PG),
+            F::StepStarted {
+                step: "the temporary server".into(),
+                pid: 60,
+            },
+        ),
+        (
+            1100 * MS,
+            Some(PG),
+            F::StepExited {
+                step: "the temporary server".into(),
+                ms: 190,
+                exit: "exited with code 0".into(),
+            },
+        ),
+        (1104 * MS, Some(PG), F::Spawned { pid: 10 }),
+        (1316 * MS, Some(PG), F::Ready { ms: 1316 }),
+        (1316 * MS, Some(APP), F::Starting),
+        (1320 * MS, Some(APP), F::Spawned { pid: 20 }),
+        (1642 * MS, Some(APP), F::Ready { ms: 326 }),
+        (1642 * MS, Some(APP), F::Healthy),
+        (
+            1642 * MS,
+            None,
+            F::AllHealthy {
+                ms: 1642,
+                timeline: start["healthy after 1 642 ms: ".len()..].into(),
+            },
+        ),
+    ];
+    assert_eq!(got, expected);
+
+    // The stop: the app gets SIGTERM and takes 262 ms; postgres SIGINT, 29 ms.
+    h.at(2000 * MS, Event::Signal(Signal::SIGTERM));
+    h.at(
+        2262 * MS,
+        Event::Exited {
+            id: APP,
+            exit: Exit::Signal(15),
+        },
+    );
+    h.at(
+        2291 * MS,
+        Event::Exited {
+            id: PG,
+            exit: Exit::Code(0),
+        },
+    );
+    let got = facts(&mut h);
+    let stop_line = "app 262 (SIGTERM), postgres 29 (SIGINT), budget 9 000";
+    assert_eq!(
+        got,
+        vec![
+            (
+                2000 * MS,
+                None,
+                F::Stopping {
+                    signal: Some("SIGTERM".into())
+                }
+            ),
+            (
+                2000 * MS,
+                Some(APP),
+                F::StopStep {
+                    signal: "SIGTERM".into(),
+                    pid: 20,
+                    step: None,
+                    deadline_ms: Some(5500)
+                }
+            ),
+            (
+                2262 * MS,
+                Some(APP),
+                F::Exited {
+                    exit: "killed by SIGTERM".into(),
+                    code: 143
+                }
+            ),
+            (
+                2262 * MS,
+                Some(PG),
+                F::StopStep {
+                    signal: "SIGINT".into(),
+                    pid: 10,
+                    step: None,
+                    deadline_ms: Some(7488)
+                }
+            ),
+            (
+                2291 * MS,
+                Some(PG),
+                F::Exited {
+                    exit: "exited with code 0".into(),
+                    code: 0
+                }
+            ),
+            (
+                2291 * MS,
+                None,
+                F::Stopped {
+                    ms: 291,
+                    timeline: stop_line.into(),
+                    code: 0
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        h.sup.stop_timeline(h.now).as_deref(),
+        Some(format!("stopped after 291 ms: {stop_line}").as_str())
+    );
+}
+
+/// A crash and its restart are facts with the delay the timer got, and the start timeline
+/// is not logged again after the restart.
+#[test]
+fn a_crash_is_an_exit_then_a_restart_with_its_delay() {
+    let specs = build(
+        B9,
+        vec![ServiceDef::daemon("app")
+            .main(true)
+            .restart(Some(table::default_restart()))],
+    );
+    let mut h = Harness::new(specs, B9);
+    h.at(
+        MS,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(20),
+        },
+    );
+    assert!(h.sup.start_timeline().is_some());
+    let _ = facts(&mut h);
+    h.at(
+        500 * MS,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(1),
+        },
+    );
+    let got = facts(&mut h);
+    let Some((
+        _,
+        _,
+        Fact::RestartScheduled {
+            delay_ms,
+            restart: 1,
+        },
+    )) = got.get(1).cloned()
+    else {
+        panic!("{got:?}");
+    };
+    assert_eq!(
+        got[0],
+        (
+            500 * MS,
+            Some(0),
+            Fact::Exited {
+                exit: "exited with code 1".into(),
+                code: 1
+            }
+        )
+    );
+    let retry = h.sup.next_deadline().unwrap() - h.t0;
+    let noted = 500 * MS + Duration::from_millis(delay_ms);
+    assert!(
+        retry >= noted && retry - noted < MS,
+        "{retry:?} vs {noted:?}"
+    );
+    h.run_until(h.t0 + retry);
+    h.at(
+        retry + MS,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(21),
+        },
+    );
+    let kinds: Vec<Fact> = facts(&mut h).into_iter().map(|(_, _, f)| f).collect();
+    assert_eq!(
+        kinds,
+        vec![Fact::Starting, Fact::Spawned { pid: 21 }],
+        "no second timeline"
+    );
+}
