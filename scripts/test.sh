@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian 12 machine as root, installing what it needs:
-# PostgreSQL 15 for the integration tests, the compressors the init scripts use, a Docker
+# PostgreSQL 15 for the integration tests, the compressors the init scripts use, Prometheus
+# (promtool and a server the metrics test scrapes with), a Docker
 # engine (started in the background) and mmdebstrap for the container tests.
 # Formatting and lints first, then every test: unit, integration (tandem as a real PID 1
 # in its own PID namespace), container (images built locally, run in a real engine).
@@ -9,12 +10,13 @@ cd "$(dirname "$0")/.."
 
 need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
-for tool in gzip xz zstd unshare; do
+for tool in gzip xz zstd unshare promtool prometheus; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
     # Tool names that differ from their package names.
-    pkgs=$(printf '%s\n' "${need[@]}" | sed -e 's/^xz$/xz-utils/' -e 's/^unshare$/util-linux/')
+    pkgs=$(printf '%s\n' "${need[@]}" | sed -e 's/^xz$/xz-utils/' -e 's/^unshare$/util-linux/' \
+        -e 's/^promtool$/prometheus/' | sort -u)
     echo "test: installing $pkgs"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -529,6 +529,7 @@ fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
         &[
             ("GENIE_IMAGE", &GENIE.image()),
             ("GENIE_PORT", "127.0.0.1:"),
+            ("GENIE_TANDEM_PORT", "127.0.0.1:"),
             ("POSTGRES_PASSWORD", "compose password"),
             ("HIVE_API_KEY", HIVE_API_KEY),
         ],
@@ -545,6 +546,18 @@ fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
     let (status, body) = http(&c.published(GENIE.port), "GET", "/api/v1/health", None);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(HIVE_HEALTHY), "{body}");
+    // tandem's HTTP endpoint, as the example publishes it: the healthcheck's verdict and
+    // the metrics, from outside the container.
+    let tandem_port = c.published(9188);
+    let (status, body) = http(&tandem_port, "GET", "/readyz", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("healthy: postgres ok"), "{body}");
+    let (status, body) = http(&tandem_port, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("tandem_service_up{service=\"app\"} 1"),
+        "{body}"
+    );
 
     // `down` removes the container; watch its exit code and logs from outside while it stops.
     let exit = Command::new("docker")

@@ -131,14 +131,15 @@ fn app_only_deployment_waits_for_its_external_database_and_probes_with_tandem() 
     };
     for name in ["startupProbe", "readinessProbe"] {
         assert!(
-            probe(name).contains(r#"command: ["tandem", "healthcheck"]"#),
+            probe(name).contains("path: /readyz"),
             "{name}: {}",
             probe(name)
         );
     }
     assert!(
-        !probe("livenessProbe").contains("healthcheck"),
-        "the liveness probe includes the database: a database restart would restart every pod"
+        probe("livenessProbe").contains("path: /healthz"),
+        "the liveness probe must not include the database (/readyz does): a database restart would restart every pod; {}",
+        probe("livenessProbe")
     );
     let value_after = |key: &str| -> u64 {
         let at = text

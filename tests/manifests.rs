@@ -1,7 +1,7 @@
 //! The deployment files agree with the images and with tandem's contract, without Docker:
 //! Dockerfile.genie and Dockerfile.agent differ only in names, port and database; every health
-//! probe is `tandem healthcheck`; every grace period leaves TANDEM_STOP_TIMEOUT its margin; the
-//! ports match the images'.
+//! probe is `tandem healthcheck` (Compose) or tandem's HTTP endpoint (Kubernetes); every grace
+//! period leaves TANDEM_STOP_TIMEOUT its margin; the ports match the images'.
 //!
 //! The compose and Kubernetes files are read with the small YAML reader at the end of this
 //! file (block mappings and sequences, flow sequences of scalars, quoted and plain scalars):
@@ -373,8 +373,57 @@ fn compose_examples_check_health_with_tandem_and_fit_the_stop_budget() {
 // ---------------------------------------------------------------------------------------------
 // Kubernetes
 
+/// The probes ask tandem's HTTP endpoint (`TANDEM_HTTP`), which the container exposes:
+/// startup and readiness `/readyz` (the healthcheck's verdict), liveness `/healthz`; and the
+/// pod carries the scrape annotations for that port.
+fn check_http_probes(file: &str, template: &Yaml, c: &Yaml) {
+    let env: BTreeMap<&str, &Yaml> = c
+        .at("env")
+        .seq()
+        .iter()
+        .map(|e| (e.at("name").str(), e))
+        .collect();
+    let listen = env
+        .get("TANDEM_HTTP")
+        .unwrap_or_else(|| panic!("{file}: no TANDEM_HTTP"))
+        .at("value")
+        .str();
+    let port = listen.rsplit(':').next().unwrap();
+    assert!(
+        listen.starts_with("0.0.0.0:"),
+        "{file}: the kubelet reaches {listen}?"
+    );
+    let named = c
+        .at("ports")
+        .seq()
+        .iter()
+        .find(|p| p.at("containerPort").str() == port)
+        .unwrap_or_else(|| panic!("{file}: port {port} is not a containerPort"))
+        .at("name")
+        .str();
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        let p = c.get(probe).unwrap_or_else(|| panic!("{file}: no {probe}"));
+        assert_eq!(p.at("httpGet.path").str(), path, "{file}: {probe}");
+        assert_eq!(p.at("httpGet.port").str(), named, "{file}: {probe}");
+    }
+    let notes = template
+        .at("metadata")
+        .get("annotations")
+        .unwrap_or_else(|| {
+            panic!("{file}: no pod annotations");
+        });
+    let note = |k: &str| notes.get(k).map(Yaml::str);
+    assert_eq!(note("prometheus.io/scrape"), Some("true"), "{file}");
+    assert_eq!(note("prometheus.io/port"), Some(port), "{file}");
+    assert_eq!(note("prometheus.io/path"), Some("/metrics"), "{file}");
+}
+
 #[test]
-fn kubernetes_manifests_probe_with_tandem_healthcheck_and_fit_the_grace_period() {
+fn kubernetes_manifests_probe_tandems_http_endpoint_and_fit_the_grace_period() {
     for flavor in FLAVORS {
         let file = format!("examples/kubernetes/{flavor}.yaml");
         let docs = parse_yaml(&read(&file));
@@ -391,15 +440,7 @@ fn kubernetes_manifests_probe_with_tandem_healthcheck_and_fit_the_grace_period()
         assert_eq!(containers.len(), 1, "{file}: one container");
         let c = &containers[0];
 
-        // Probes: readiness and liveness at least, every one `tandem healthcheck`.
-        for probe in ["readinessProbe", "livenessProbe"] {
-            assert!(c.get(probe).is_some(), "{file}: no {probe}");
-        }
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-            if let Some(p) = c.get(probe) {
-                assert_eq!(p.at("exec.command").strs(), HEALTHCHECK, "{file}: {probe}");
-            }
-        }
+        check_http_probes(&file, sts.at("spec.template"), c);
 
         // The grace period covers tandem's whole stop budget, plus a margin.
         let env: BTreeMap<&str, &Yaml> = c

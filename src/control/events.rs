@@ -51,7 +51,8 @@ pub struct Dropped {
 struct Inner {
     ring: VecDeque<Arc<Record>>,
     next_seq: u64,
-    live: broadcast::Sender<Arc<Record>>,
+    /// `None` once closed: watchers get what is queued, then the end.
+    live: Option<broadcast::Sender<Arc<Record>>>,
     watchers: usize,
     /// The supervisor's origin: `t_ms` counts from it.
     origin: Instant,
@@ -81,7 +82,7 @@ impl EventLog {
         EventLog(Arc::new(Mutex::new(Inner {
             ring: VecDeque::with_capacity(64),
             next_seq: 1,
-            live,
+            live: Some(live),
             watchers: 0,
             origin,
         })))
@@ -121,7 +122,9 @@ impl EventLog {
         }
         inner.ring.push_back(Arc::clone(&record));
         // No receiver is not an error: nobody watches.
-        let _ = inner.live.send(record);
+        if let Some(live) = &inner.live {
+            let _ = live.send(record);
+        }
     }
 
     /// A new watcher, or `None` when [`MAX_WATCHERS`] are watching.
@@ -130,13 +133,24 @@ impl EventLog {
         if inner.watchers >= MAX_WATCHERS {
             return None;
         }
+        let live = inner.live.as_ref()?.subscribe();
         inner.watchers += 1;
         let watch = Watch {
             history: inner.ring.iter().cloned().collect(),
-            live: inner.live.subscribe(),
+            live,
             log: self.clone(),
         };
         Some(watch)
+    }
+
+    /// tandem is exiting: no more events. Each watcher gets what is queued for it, then its
+    /// stream ends; this waits for that, at most `limit`.
+    pub async fn close(&self, limit: std::time::Duration) {
+        self.lock().live = None;
+        let deadline = Instant::now() + limit;
+        while self.lock().watchers > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub use signals::{block_signals, spawn_reaper_thread, spawn_signal_thread};
 /// Only spent when something outside our process groups still holds a pipe open.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
+/// How long, at exit, `tandem events` watchers may take to receive the last events.
+const EVENTS_FLUSH: Duration = Duration::from_millis(200);
+
 /// How long the exit sweep may go round killing children (and the orphans that killing
 /// them makes), and how often it looks again while the reaper collects them.
 const SWEEP_LIMIT: Duration = Duration::from_millis(500);
@@ -96,6 +99,8 @@ pub async fn run(
                 Action::CancelSetup(id) => cancels[id].store(true, Ordering::Relaxed),
                 Action::Probe(id) => probe(id, &plan, &prober, &tx),
                 Action::Exit { code } => {
+                    // Watchers get the last events (the stop timeline) before the end.
+                    log.close(EVENTS_FLUSH).await;
                     sweep(&groups).await;
                     logs::drain(OUTPUT_DRAIN).await;
                     return code;
