@@ -1608,7 +1608,10 @@ fn a_start_and_a_stop_are_facts_and_timelines_with_the_same_instants() {
     let specs = build(
         B9,
         vec![
-            ServiceDef::database("postgres"),
+            ServiceDef::database("postgres").health(Some(HealthSpec {
+                probe_kind: "postgres",
+                ..http_health(OnUnhealthy::Report)
+            })),
             ServiceDef::daemon("app")
                 .main(true)
                 .after("postgres", Condition::Healthy)
@@ -1639,9 +1642,14 @@ fn a_start_and_a_stop_are_facts_and_timelines_with_the_same_instants() {
             pid: Pid::from_raw(20),
         },
     );
+    // PostgreSQL's own probe fails at first (a database not there yet): not healthy as
+    // `tandem healthcheck` counts it, so no timeline until it passes, after the app's.
+    h.probe_at(1321, PG, fail("database \"x\" does not exist"));
     h.probe_at(1634, APP, fail("connection refused"));
     h.probe_at(1642, APP, Outcome::Ok);
-    let start = "healthy after 1 642 ms: postgres init 1 104, ready 212, app healthy 326";
+    assert_eq!(h.sup.start_timeline(), None);
+    h.probe_at(1650, PG, Outcome::Ok);
+    let start = "healthy after 1 650 ms: postgres init 1 104, ready 212, app healthy 326";
     assert_eq!(h.sup.start_timeline(), Some(start));
     let got = facts(&mut h);
     use Fact as F;
@@ -1688,12 +1696,13 @@ fn a_start_and_a_stop_are_facts_and_timelines_with_the_same_instants() {
         (1320 * MS, Some(APP), F::Spawned { pid: 20 }),
         (1642 * MS, Some(APP), F::Ready { ms: 326 }),
         (1642 * MS, Some(APP), F::Healthy),
+        (1650 * MS, Some(PG), F::Healthy),
         (
-            1642 * MS,
+            1650 * MS,
             None,
             F::AllHealthy {
-                ms: 1642,
-                timeline: start["healthy after 1 642 ms: ".len()..].into(),
+                ms: 1650,
+                timeline: start["healthy after 1 650 ms: ".len()..].into(),
             },
         ),
     ];

@@ -26,21 +26,25 @@ pub fn grouped(n: u64) -> String {
 }
 
 impl Svc {
-    /// It counts as healthy for the start timeline: ready, and when it is ready from its
-    /// start but has a probe, that probe has passed; a one-shot task, completed.
+    /// It counts as healthy for the start timeline as `tandem healthcheck` would count it:
+    /// ready, and its probe (if it has one) has passed; a one-shot task, completed.
     fn counts_healthy(&self) -> bool {
         if self.spec.kind == Kind::Oneshot {
             return self.completed();
         }
         self.phase == Phase::Ready
-            && (self.spec.readiness != Readiness::Started
-                || self.spec.health.is_none()
-                || self.health.health == Some(Health::Healthy))
+            && (self.spec.health.is_none() || self.health.health == Some(Health::Healthy))
     }
 
     /// Its part of the start timeline: `postgres init 1 104, ready 212` or `app healthy 318`.
+    /// A service that reports its readiness (PostgreSQL) shows when it did; the others when
+    /// they counted as healthy.
     fn start_part(&self) -> Option<String> {
-        let (asked, done) = (self.start_requested?, self.healthy_at?);
+        let asked = self.start_requested?;
+        let done = match self.spec.readiness {
+            Readiness::Reported => self.ready_since.or(self.healthy_at)?,
+            _ => self.healthy_at?,
+        };
         let what = match (self.spec.kind, self.spec.readiness, &self.spec.health) {
             (Kind::Oneshot, ..) => "completed",
             (_, Readiness::Reported, _) | (_, Readiness::Started, None) => "ready",
@@ -75,7 +79,7 @@ impl Supervisor {
         }
         let Some(booted) = self.booted else { return };
         let mut order: Vec<&Svc> = self.svcs.iter().collect();
-        order.sort_by_key(|s| s.healthy_at);
+        order.sort_by_key(|s| s.start_requested);
         let parts: Vec<String> = order.iter().filter_map(|s| s.start_part()).collect();
         let total = ms(now.saturating_duration_since(booted));
         let timeline = parts.join(", ");
