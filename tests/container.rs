@@ -558,6 +558,15 @@ fn compose_example_comes_up_healthy_and_goes_down_cleanly() {
         body.contains("tandem_service_up{service=\"app\"} 1"),
         "{body}"
     );
+    // `docker exec CONTAINER tandem events`, as the README has it: the history so far.
+    let out = c.exec(&["timeout", "2", "tandem", "events", "--json"]);
+    let events = String::from_utf8_lossy(&out.stdout);
+    for needle in [r#""event":"boot""#, r#""event":"all_healthy""#] {
+        assert!(
+            events.contains(needle),
+            "no {needle} in tandem events:\n{events}"
+        );
+    }
 
     // `down` removes the container; watch its exit code and logs from outside while it stops.
     let exit = Command::new("docker")
