@@ -19,6 +19,7 @@ use super::{
 };
 use crate::health::Probe;
 use crate::postgres;
+use crate::postgres::settings::{read_bounded, ReadError};
 use crate::process::{resolve_program, Identity, Reaper};
 use crate::supervisor::plan::{Builder, ServiceDef, StopStyle};
 use crate::supervisor::{self, Condition, HealthSpec, RestartSpec, Settings, StopExit};
@@ -42,25 +43,28 @@ pub fn from_file(
         message,
         code: EXIT_USAGE,
     };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        usage(format!(
-            "cannot read the config file {}: {e}",
-            path.display()
-        ))
-    })?;
-    if meta.len() > MAX_CONFIG {
-        return Err(usage(format!(
-            "the config file {} is larger than {} KiB; is it the right file?",
-            path.display(),
-            MAX_CONFIG / 1024
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        usage(format!(
-            "cannot read the config file {}: {e}",
-            path.display()
-        ))
-    })?;
+    // Bounded and never waiting: `/dev/zero` or a FIFO as the config is a mistake to report.
+    let text = match read_bounded(path, MAX_CONFIG) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
+            usage(format!(
+                "cannot read the config file {}: it is not UTF-8 text",
+                path.display()
+            ))
+        })?,
+        Err(ReadError::TooLong) => {
+            return Err(usage(format!(
+                "the config file {} is larger than {} KiB; is it the right file?",
+                path.display(),
+                MAX_CONFIG / 1024
+            )))
+        }
+        Err(ReadError::Failed(e)) => {
+            return Err(usage(format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            )))
+        }
+    };
     let src = Source::new(path.to_path_buf(), text);
     let (parsed, problems) = file::parse(&src, env).map_err(|list| usage(list.join("\n")))?;
     let mut p = Problems::new(&src);
