@@ -19,9 +19,11 @@ mod support;
 #[path = "support/docker.rs"]
 mod docker_support;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -605,5 +607,520 @@ fn a_signal_storm_then_sigterm_stops_cleanly() {
         "{signals} mixed HUP/USR1/USR2/WINCH in {storm:.0?} ({forwarded} reached the app, \
          {reloads} PostgreSQL reloads after coalescing), then SIGTERM: stopped in {stop:.0?}, \
          exit 0, shut down cleanly"
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control-socket abuse
+
+/// Runs tandem's CLI (`healthcheck`, `status`) as Docker's health check would: a separate
+/// process that knows only the socket. Returns the exit code, stdout, and how long it took.
+fn cli(sandbox: &Sandbox, args: &[&str]) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(tandem_bin())
+        .args(args)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("TANDEM_SOCKET", &sandbox.control_socket)
+        .output()
+        .expect("cannot run tandem");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    (out.status.code(), text, took)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// How long `tandem healthcheck` may take under abuse: its `--timeout`. An answer is normally
+/// there in a few milliseconds; before the control socket's fix, 200 idle clients made it
+/// wait 4.5 s and 400 made it time out.
+const ABUSED_HEALTHCHECK_TIMEOUT: &str = "3s";
+/// How much tandem's memory may grow under the abuse: the server keeps at most 1 024
+/// connections (about 2 KiB each) and reads at most 4 KiB of any request.
+const ABUSE_RSS_GROWTH_KIB: u64 = 8 * 1024;
+
+/// The control socket of a real PID-1 tandem under abuse: 1 000 idle connections held open,
+/// clients sending 10 MB, invalid JSON, and connections opened and closed as fast as they
+/// can. Throughout, `tandem healthcheck` answers healthy inside its timeout, and tandem's
+/// memory stays within [`ABUSE_RSS_GROWTH_KIB`] of where it started.
+#[test]
+fn control_socket_abuse_never_keeps_a_healthcheck_out() {
+    if !can_run_postgres_as_pid1() {
+        return;
+    }
+    let sandbox = Sandbox::new("socket-abuse");
+    let mut env = sandbox.env_with_db();
+    env.set("TANDEM_APP_HEALTH_URL", &sandbox.app_url("/health"));
+    let mut tandem = Tandem::start(&env);
+    tandem.wait_app_ready();
+    let check = || {
+        cli(
+            &sandbox,
+            &["healthcheck", "--timeout", ABUSED_HEALTHCHECK_TIMEOUT],
+        )
+    };
+    if poll_until(SHORT_TIMEOUT, || (check().0 == Some(0)).then_some(())).is_none() {
+        tandem.fail(&format!("never healthy before the abuse: {:?}", check()));
+    }
+    let pid = tandem.pid();
+    let rss_before = rss_kib(pid);
+    let rss_max = AtomicU64::new(rss_before);
+    let times = Mutex::new(Vec::<(&str, Vec<Duration>)>::new());
+    // Runs `n` health checks; every one must answer healthy in time.
+    let checks = |phase: &'static str, n: usize| {
+        times.lock().unwrap().push((phase, Vec::new()));
+        for _ in 0..n {
+            let (code, line, took) = check();
+            if code != Some(0) || !line.starts_with("healthy") {
+                tandem.fail(&format!(
+                    "{phase}: healthcheck said {code:?} {line:?} after {took:?}"
+                ));
+            }
+            times.lock().unwrap().last_mut().unwrap().1.push(took);
+            rss_max.fetch_max(rss_kib(pid), Ordering::Relaxed);
+        }
+    };
+    let connect = || UnixStream::connect(&sandbox.control_socket);
+
+    // 1 000 clients that connect and say nothing, all held open while health checks run.
+    let idle: Vec<UnixStream> = (0..1000)
+        .map(|i| connect().unwrap_or_else(|e| tandem.fail(&format!("idle client {i}: {e}"))))
+        .collect();
+    checks("quiet", 10);
+    checks("1000 idle connections", 20);
+    drop(idle);
+
+    let stop = AtomicBool::new(false);
+    let (big, garbage, churned) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    thread::scope(|s| {
+        // 10 MB sends: the server reads at most 4 KiB of a request, answers, and closes.
+        for _ in 0..4 {
+            s.spawn(|| {
+                let chunk = vec![b'x'; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut c) = connect() else { continue };
+                    for _ in 0..160 {
+                        if c.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                    big.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        // Invalid JSON: each gets an error line back.
+        s.spawn(|| {
+            let lines: [&[u8]; 5] = [
+                b"{not json\n",
+                b"\"healthz\"\n",
+                b"\xff\xfe\x00\n",
+                b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
+                b"{\"type\":\"health\"}\n",
+            ];
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut c) = connect() else { continue };
+                let _ = c.write_all(lines[i % lines.len()]);
+                let mut answer = String::new();
+                let _ = c.read_to_string(&mut answer);
+                if !answer.contains("\"error\"") {
+                    tandem.fail(&format!("invalid request answered {answer:?}"));
+                }
+                garbage.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        });
+        // Open and close as fast as possible.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if connect().is_ok() {
+                    churned.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        checks("10 MB sends, invalid JSON and churn", 30);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let rss_max = rss_max.load(Ordering::Relaxed);
+    let rss_after = rss_kib(pid);
+    if rss_max > rss_before + ABUSE_RSS_GROWTH_KIB {
+        tandem.fail(&format!(
+            "tandem grew from {rss_before} KiB to {rss_max} KiB under the abuse"
+        ));
+    }
+    assert_eq!(tandem.stop(), 0);
+    tandem.assert_clean_postgres_stop();
+    tandem.assert_no_panic();
+    let times: Vec<String> = times
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|(phase, mut t)| {
+            t.sort();
+            format!(
+                "{phase}: {} healthy, median {:.1?}, max {:.1?}",
+                t.len(),
+                t[t.len() / 2],
+                t[t.len() - 1]
+            )
+        })
+        .collect();
+    survived(&format!(
+        "control socket of a debug-build PID 1: 1000 idle connections, then {} 10 MB sends, {} \
+         invalid requests and {} connections opened and closed at once; healthchecks ({}); \
+         tandem RSS {rss_before} KiB before, {rss_max} KiB at most, {rss_after} KiB after",
+        big.into_inner(),
+        garbage.into_inner(),
+        churned.into_inner(),
+        times.join("; "),
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad environments and configs
+
+/// One bad input: what it is, and what tandem must answer.
+struct Bad {
+    what: &'static str,
+    env: Env,
+    /// tandem's arguments and the CMD.
+    args: Vec<String>,
+    /// Bind-mounted read-only in the test's mount namespace.
+    ro_dir: Option<PathBuf>,
+    code: i32,
+    /// The one error line names one of these.
+    names: Vec<String>,
+}
+
+/// A corpus of bad environments and config files, beyond what tests/bad_input.rs has: each
+/// is refused with exactly one `tandem | ` error line naming the culprit, a non-zero exit,
+/// never a panic, nothing left running, the app never started (see [`expect_failure_raw`]).
+#[test]
+fn a_corpus_of_bad_environments_and_configs_is_one_line_each() {
+    if !can_run_postgres_as_pid1() {
+        return;
+    }
+    let sandbox = Sandbox::new("corpus");
+    let root = sandbox.root.clone();
+    let path = |name: &str| root.join(name).to_str().unwrap().to_string();
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(root.join(name), bytes).unwrap();
+        path(name)
+    };
+    let app = vec!["--".to_string(), testapp()];
+    let base = sandbox.env_with_db();
+    let mut corpus: Vec<Bad> = Vec::new();
+    let mut env_case = |what: &'static str, vars: &[(&str, &[u8])], names: &[&str]| {
+        let mut env = base.clone();
+        for (k, v) in vars {
+            match std::str::from_utf8(v) {
+                // Empty: unset it.
+                Ok("") => {
+                    env.remove(k);
+                }
+                Ok(text) => {
+                    env.set(k, text);
+                }
+                Err(_) => {
+                    env.set_bytes(k, v);
+                }
+            }
+        }
+        corpus.push(Bad {
+            what,
+            env,
+            args: app.clone(),
+            ro_dir: None,
+            code: 1,
+            names: names.iter().map(|s| s.to_string()).collect(),
+        });
+    };
+
+    // Huge values.
+    let huge_db = "d".repeat(100 * 1024);
+    env_case(
+        "a 100 KiB POSTGRES_DB",
+        &[("POSTGRES_DB", huge_db.as_bytes())],
+        &["POSTGRES_DB"],
+    );
+    env_case(
+        "a stop budget of 10^25 seconds",
+        &[("TANDEM_STOP_TIMEOUT", b"10000000000000000000000000")],
+        &["TANDEM_STOP_TIMEOUT"],
+    );
+    env_case(
+        "PGPORT past 65535",
+        &[("PGPORT", b"99999999999")],
+        &["PGPORT"],
+    );
+    env_case(
+        "retries past u32",
+        &[
+            ("TANDEM_APP_HEALTH_URL", b"http://127.0.0.1:1/"),
+            ("TANDEM_APP_HEALTH_RETRIES", b"99999999999999999999"),
+        ],
+        &["TANDEM_APP_HEALTH_RETRIES"],
+    );
+    // Not UTF-8.
+    env_case(
+        "a password that is not UTF-8",
+        &[("POSTGRES_PASSWORD", b"pw\xff\xfe")],
+        &["POSTGRES_PASSWORD"],
+    );
+    env_case(
+        "a stop budget that is not UTF-8",
+        &[("TANDEM_STOP_TIMEOUT", b"9\xc3")],
+        &["TANDEM_STOP_TIMEOUT"],
+    );
+    // Wrong types.
+    env_case(
+        "a budget in words",
+        &[("TANDEM_STOP_TIMEOUT", b"soon")],
+        &["TANDEM_STOP_TIMEOUT"],
+    );
+    env_case("PGPORT in words", &[("PGPORT", b"five")], &["PGPORT"]);
+    env_case(
+        "TANDEM_POSTGRES=maybe",
+        &[("TANDEM_POSTGRES", b"maybe")],
+        &["TANDEM_POSTGRES"],
+    );
+    env_case(
+        "an interval in words",
+        &[
+            ("TANDEM_APP_HEALTH_URL", b"http://127.0.0.1:1/"),
+            ("TANDEM_APP_HEALTH_INTERVAL", b"often"),
+        ],
+        &["TANDEM_APP_HEALTH_INTERVAL"],
+    );
+    env_case(
+        "an unbalanced quote in POSTGRES_INITDB_ARGS",
+        &[("POSTGRES_INITDB_ARGS", b"--locale='C")],
+        &["POSTGRES_INITDB_ARGS"],
+    );
+    // Unknown users.
+    env_case(
+        "an unknown app user",
+        &[("TANDEM_APP_USER", b"no-such-user-for-tandem")],
+        &["TANDEM_APP_USER"],
+    );
+    // _FILE: unreadable, huge, not text.
+    let dir = path("");
+    env_case(
+        "a directory as POSTGRES_PASSWORD_FILE",
+        &[
+            ("POSTGRES_PASSWORD", b""),
+            ("POSTGRES_PASSWORD_FILE", dir.as_bytes()),
+        ],
+        &["POSTGRES_PASSWORD_FILE"],
+    );
+    let fifo = path("fifo");
+    nix::unistd::mkfifo(
+        Path::new(&fifo),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    env_case(
+        "a FIFO nobody writes to as POSTGRES_PASSWORD_FILE",
+        &[
+            ("POSTGRES_PASSWORD", b""),
+            ("POSTGRES_PASSWORD_FILE", fifo.as_bytes()),
+        ],
+        &["POSTGRES_PASSWORD_FILE"],
+    );
+    let big = write("big-password", &vec![b'p'; 1 << 20]);
+    env_case(
+        "a 1 MiB POSTGRES_PASSWORD_FILE",
+        &[
+            ("POSTGRES_PASSWORD", b""),
+            ("POSTGRES_PASSWORD_FILE", big.as_bytes()),
+        ],
+        &["POSTGRES_PASSWORD_FILE"],
+    );
+    let binary = write("binary-user", b"us\xffer\n");
+    env_case(
+        "a POSTGRES_USER_FILE that is not UTF-8",
+        &[
+            ("POSTGRES_USER", b""),
+            ("POSTGRES_USER_FILE", binary.as_bytes()),
+        ],
+        &["POSTGRES_USER_FILE"],
+    );
+    // PGDATA: a file, relative, under a file, on a read-only mount.
+    let file = write("pgdata-file", b"not a directory\n");
+    env_case(
+        "PGDATA as a file",
+        &[("PGDATA", file.as_bytes())],
+        &["PGDATA", &file],
+    );
+    env_case("a relative PGDATA", &[("PGDATA", b"data/pg")], &["PGDATA"]);
+    let under = format!("{file}/pgdata");
+    env_case(
+        "PGDATA under a file",
+        &[("PGDATA", under.as_bytes())],
+        &["PGDATA", &under],
+    );
+    let ro = root.join("ro-pgdata");
+    mkdir(&ro, 0o700);
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    chown_to(&ro, postgres.uid.as_raw(), postgres.gid.as_raw());
+    let mut env = base.clone();
+    env.set("PGDATA", ro.to_str().unwrap());
+    corpus.push(Bad {
+        what: "an empty PGDATA owned by postgres on a read-only mount",
+        env,
+        args: app.clone(),
+        ro_dir: Some(ro.clone()),
+        code: 1,
+        names: vec![ro.to_str().unwrap().to_string(), "PGDATA".into()],
+    });
+
+    // Config files.
+    let mut config_case = |what: &'static str, file: String, code: i32, names: &[&str]| {
+        let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        names.push(file.clone());
+        corpus.push(Bad {
+            what,
+            env: base.clone(),
+            args: vec!["--config".into(), file],
+            ro_dir: None,
+            code,
+            names,
+        });
+    };
+    let example = include_str!("../examples/tandem.toml");
+    let cut = example.find("hive_genie\"").unwrap() + 4;
+    config_case(
+        "examples/tandem.toml cut inside a string",
+        write("cut-string.toml", &example.as_bytes()[..cut]),
+        2,
+        &[],
+    );
+    let cut = example.find("{ shared_buffers").unwrap() + 5;
+    config_case(
+        "examples/tandem.toml cut inside an inline table",
+        write("cut-table.toml", &example.as_bytes()[..cut]),
+        2,
+        &[],
+    );
+    config_case(
+        "a config that is not UTF-8",
+        write("latin1.toml", b"[service.a]\ncommand = [\"caf\xe9\"]\n"),
+        2,
+        &[],
+    );
+    config_case(
+        "a port that is a string",
+        write(
+            "port.toml",
+            b"[postgres]\nport = \"five\"\n[service.a]\ncommand = [\"true\"]\n",
+        ),
+        2,
+        &["port"],
+    );
+    config_case(
+        "a stop budget of 10^25 seconds in the file",
+        write(
+            "budget.toml",
+            b"[tandem]\nstop_timeout = \"10000000000000000000000000s\"\n[service.a]\ncommand = [\"true\"]\n",
+        ),
+        2,
+        &["stop_timeout"],
+    );
+    config_case(
+        "a dependency cycle",
+        write(
+            "cycle.toml",
+            b"[service.a]\ncommand = [\"true\"]\ndepends_on = { b = \"started\" }\n\
+              [service.b]\ncommand = [\"true\"]\ndepends_on = { a = \"started\" }\n",
+        ),
+        2,
+        &["cycle"],
+    );
+    config_case(
+        "an unknown service user",
+        write(
+            "user.toml",
+            b"[service.a]\ncommand = [\"true\"]\nuser = \"no-such-user-for-tandem\"\n",
+        ),
+        2,
+        &["no-such-user-for-tandem"],
+    );
+    config_case(
+        "an env_file that is a FIFO nobody writes to",
+        write(
+            "env-fifo.toml",
+            format!("[service.a]\ncommand = [\"true\"]\nenv_file = \"{fifo}\"\n").as_bytes(),
+        ),
+        2,
+        &[&fifo],
+    );
+    config_case("a directory as the config", dir.clone(), 2, &[]);
+    config_case(
+        "a FIFO nobody writes to as the config",
+        fifo.clone(),
+        2,
+        &[],
+    );
+    config_case("/dev/zero as the config", "/dev/zero".into(), 2, &[]);
+    let huge = write("huge.toml", &vec![b'#'; 4 << 20]);
+    config_case("a 4 MiB config", huge, 2, &[]);
+
+    let started = Instant::now();
+    // Every case runs; the failures are reported together.
+    let mut failed = Vec::new();
+    for bad in &corpus {
+        let args: Vec<&str> = bad.args.iter().map(String::as_str).collect();
+        let names: Vec<&str> = bad.names.iter().map(String::as_str).collect();
+        let run = std::panic::catch_unwind(|| {
+            let tandem = expect_failure_raw(
+                &bad.env,
+                &args,
+                &[],
+                bad.ro_dir.as_deref(),
+                bad.code,
+                &names,
+            );
+            let said = tandem.own_lines().into_iter().find(|l| l.contains("error"));
+            eprintln!("{}: {}", bad.what, said.unwrap_or_default());
+        });
+        if let Err(panic) = run {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{}: {why}", bad.what));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} bad inputs went wrong:\n{}",
+        failed.len(),
+        corpus.len(),
+        failed.join("\n\n")
+    );
+    survived(&format!(
+        "{} bad environments and configs in {:.1?}: each one error line naming it, a non-zero \
+         exit, no panic, 0 processes left, the app never started",
+        corpus.len(),
+        started.elapsed()
     ));
 }
