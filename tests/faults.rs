@@ -1124,3 +1124,199 @@ fn a_corpus_of_bad_environments_and_configs_is_one_line_each() {
         started.elapsed()
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+/// Scans every process's argv (`/proc/*/cmdline`) for `secret` until stopped, as fast as it
+/// can: a password in argv is readable by every user of the machine while the process runs.
+struct ArgvWatch {
+    stop: Arc<AtomicBool>,
+    hits: Arc<Mutex<Vec<String>>>,
+    thread: Option<thread::JoinHandle<usize>>,
+}
+
+impl ArgvWatch {
+    fn start(secret: &str) -> ArgvWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let needle = secret.as_bytes().to_vec();
+        let thread = {
+            let (stop, hits) = (Arc::clone(&stop), Arc::clone(&hits));
+            thread::spawn(move || {
+                let mut scans = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for p in all_procs() {
+                        let Ok(argv) = std::fs::read(format!("/proc/{}/cmdline", p.pid)) else {
+                            continue;
+                        };
+                        if argv.windows(needle.len()).any(|w| w == needle) {
+                            let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+                            hits.lock()
+                                .unwrap()
+                                .push(format!("{} ({}): {argv}", p.pid, p.comm));
+                        }
+                    }
+                    scans += 1;
+                    thread::sleep(Duration::from_millis(1));
+                }
+                scans
+            })
+        };
+        ArgvWatch {
+            stop,
+            hits,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the scan: how many passes over /proc it made, and what it found.
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let scans = self.thread.take().unwrap().join().unwrap();
+        (scans, self.hits.lock().unwrap().clone())
+    }
+}
+
+/// The watch sees a process that has the secret in its argv (so that finding none means
+/// something).
+#[test]
+fn the_argv_watch_finds_a_password_in_argv() {
+    let secret = fresh_password("argv-watch");
+    let watch = ArgvWatch::start(&secret);
+    let mut child = Command::new("sh")
+        .args(["-c", "read -r x", "sh", &secret])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = poll_until(SHORT_TIMEOUT, || {
+        (!watch.hits.lock().unwrap().is_empty()).then_some(())
+    });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let (_, hits) = watch.finish();
+    assert!(seen.is_some() && hits[0].contains(&secret), "{hits:?}");
+}
+
+/// The password (fresh, so no earlier run can have left it anywhere) is in no process's argv
+/// at any moment of a first start and a second start, in no log line (plain and JSON, at
+/// debug level), in `tandem check`, `tandem status` (table and JSON) or `tandem healthcheck
+/// --json`, and in no file left after tandem exits: everything in the sandbox (PGDATA, where
+/// PostgreSQL keeps only its SCRAM verifier, which is not the password) and everything new
+/// in /tmp.
+#[test]
+fn the_password_is_in_no_argv_log_status_or_file() {
+    if !can_run_postgres_as_pid1() {
+        return;
+    }
+    let sandbox = Sandbox::new("secrets");
+    let password = fresh_password("faults");
+    let mut env = sandbox.env_with_db();
+    env.set("POSTGRES_PASSWORD", &password)
+        .set("TANDEM_LOG", "debug")
+        .set("TANDEM_APP_HEALTH_URL", &sandbox.app_url("/health"))
+        .set(
+            "TANDEM_DATABASE_URL_AS",
+            "APP_URL=postgresql+psycopg,JDBC_URL=jdbc:postgresql",
+        );
+    sandbox.init_script(
+        "01-table.sql",
+        "CREATE TABLE secret_probe (n int);\n",
+        0o644,
+    );
+    let watch = SecretWatch::new(&sandbox, &password);
+    let mut outputs = Vec::new();
+    let mut scans = 0;
+    for (run, format) in [("first start", "plain"), ("second start", "json")] {
+        let mut env = env.clone();
+        if format == "json" {
+            env.set("TANDEM_LOG_FORMAT", "json");
+        }
+        let argv = ArgvWatch::start(&password);
+        let mut tandem = Tandem::start(&env);
+        // In JSON the app's line is a `"line"` field, not `app | ...`.
+        tandem.wait_for_line("testapp listening on", START_TIMEOUT);
+        if format == "json" && !tandem.own_lines().is_empty() {
+            tandem.fail("TANDEM_LOG_FORMAT=json, yet plain `tandem | ` lines");
+        }
+        // The app really has it: the check below is not vacuous.
+        let url = tandem.app_ok(&sandbox, "GET", "/env/APP_URL");
+        if !url.contains(&password) {
+            tandem.fail("the app's APP_URL does not carry the password");
+        }
+        if poll_until(SHORT_TIMEOUT, || {
+            (cli(&sandbox, &["healthcheck"]).0 == Some(0)).then_some(())
+        })
+        .is_none()
+        {
+            tandem.fail("never healthy");
+        }
+        for args in [
+            &["status"][..],
+            &["status", "--json"],
+            &["healthcheck", "--json"],
+        ] {
+            let (_, out, _) = cli(&sandbox, args);
+            outputs.push((format!("tandem {}", args.join(" ")), out));
+        }
+        assert_eq!(tandem.stop(), 0, "{run}: exit code after SIGTERM");
+        let (n, hits) = argv.finish();
+        scans += n;
+        if !hits.is_empty() {
+            tandem.fail(&format!("{run}: the password in argv: {hits:#?}"));
+        }
+        tandem.assert_secret_absent();
+        if tandem.log.count("\"level\"") == 0 && format == "json" {
+            tandem.fail("no JSON log lines");
+        }
+        let files = watch.files();
+        if !files.is_empty() {
+            tandem.fail(&format!("{run}: files holding the password: {files:#?}"));
+        }
+    }
+    // `tandem check` describes the plan, environment and all.
+    let mut check = Command::new(tandem_bin());
+    check.arg("check").arg("--").arg(testapp());
+    check.env_clear().env("PATH", PATH);
+    for (k, v) in [
+        ("POSTGRES_PASSWORD", password.as_str()),
+        ("POSTGRES_USER", "tester"),
+        ("PGDATA", sandbox.pgdata.to_str().unwrap()),
+        ("TANDEM_DATABASE_URL_AS", "APP_URL"),
+    ] {
+        check.env(k, v);
+    }
+    let out = check.output().expect("cannot run tandem check");
+    assert!(out.status.success(), "tandem check: {out:?}");
+    outputs.push((
+        "tandem check".into(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ));
+    for (what, text) in &outputs {
+        assert!(!text.is_empty(), "{what} said nothing");
+        assert!(
+            !text.contains(&password),
+            "{what} shows the password:\n{text}"
+        );
+    }
+    survived(&format!(
+        "the password in none of {scans} scans of every /proc/*/cmdline over a first and a \
+         second start, nor in the plain or JSON debug logs, {} CLI outputs (status, status \
+         --json, healthcheck --json, check), nor in any file of the sandbox (PGDATA included) \
+         or new in /tmp",
+        outputs.len()
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP endpoint (`TANDEM_HTTP`: /healthz, /readyz, /metrics) and `tandem events` (issue 11)
+//
+// Their abuse and secret checks go here once they exist: /metrics and `tandem events` (human
+// and JSON) never show the password (extend the outputs checked by
+// `the_password_is_in_no_argv_log_status_or_file`), and the HTTP listener keeps answering
+// /readyz while idle connections, huge requests and churn hit it (as
+// `control_socket_abuse_never_keeps_a_healthcheck_out` does for the socket).
