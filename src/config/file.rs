@@ -70,9 +70,14 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// One problem at `span`, as one line ([`super::one_line`]).
     pub fn at(&mut self, span: &Span, message: impl std::fmt::Display) {
-        self.list
-            .push(format!("{}: {message}", self.src.locate(span)));
+        self.push(format!("{}: {message}", self.src.locate(span)));
+    }
+
+    /// One problem without a place in the file, as one line.
+    pub fn push(&mut self, message: String) {
+        self.list.push(super::one_line(&message));
     }
 }
 

@@ -39,6 +39,7 @@ pub fn from_file(
     os_env: &[(OsString, OsString)],
     reaper: &Reaper,
 ) -> Result<Plan, PlanError> {
+    // Problems are one a line (each made one by `Problems`); so is a reading error.
     let usage = |message: String| PlanError {
         message,
         code: EXIT_USAGE,
@@ -46,23 +47,23 @@ pub fn from_file(
     // Bounded and never waiting: `/dev/zero` or a FIFO as the config is a mistake to report.
     let text = match read_bounded(path, MAX_CONFIG) {
         Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
-            usage(format!(
+            usage(super::one_line(&format!(
                 "cannot read the config file {}: it is not UTF-8 text",
                 path.display()
-            ))
+            )))
         })?,
         Err(ReadError::TooLong) => {
-            return Err(usage(format!(
+            return Err(usage(super::one_line(&format!(
                 "the config file {} is larger than {} KiB; is it the right file?",
                 path.display(),
                 MAX_CONFIG / 1024
-            )))
+            ))))
         }
         Err(ReadError::Failed(e)) => {
-            return Err(usage(format!(
+            return Err(usage(super::one_line(&format!(
                 "cannot read the config file {}: {e}",
                 path.display()
-            )))
+            ))))
         }
     };
     let src = Source::new(path.to_path_buf(), text);
@@ -90,7 +91,7 @@ fn plan(
     // `docker run -e TANDEM_STOP_TIMEOUT=...` works with any image.
     let budget = match var(env, "TANDEM_STOP_TIMEOUT") {
         Some(v) => super::parse_duration(v)
-            .map_err(|e| p.list.push(format!("TANDEM_STOP_TIMEOUT: {e}")))
+            .map_err(|e| p.push(format!("TANDEM_STOP_TIMEOUT: {e}")))
             .ok()?,
         None => f
             .tandem
@@ -171,7 +172,7 @@ fn plan(
     if main_named.is_none() && !cmd.is_empty() {
         // The CMD with no service marked main: the app, as in the zero-config mode.
         let (def, launch) = cmd_app(cmd, f.postgres.is_some(), &db_env, os_env)
-            .map_err(|e| p.list.push(e))
+            .map_err(|e| p.push(e))
             .ok()?;
         builder.add(def);
         launches.push((launch, None));
