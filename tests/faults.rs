@@ -500,14 +500,19 @@ fn misbehaving_apps_leave_nothing_behind_and_postgres_stops_cleanly() {
     type Case<'a> = (&'a str, Vec<&'a str>, Option<(&'a str, &'a str)>, i32);
     let cases: [Case; 3] = [
         (
-            "ignores SIGTERM",
+            "one ignores SIGTERM",
             vec![&app],
             Some(("TESTAPP_IGNORE_TERM", "1")),
             137,
         ),
-        ("leaves a setsid daemon", vec!["sh", "-c", &daemon], None, 0),
         (
-            "leaves a process tree and exits",
+            "one leaves a setsid daemon",
+            vec!["sh", "-c", &daemon],
+            None,
+            0,
+        ),
+        (
+            "one leaves a process tree and exits",
             vec!["sh", "-c", tree],
             None,
             0,
@@ -542,8 +547,10 @@ fn misbehaving_apps_leave_nothing_behind_and_postgres_stops_cleanly() {
         names.push(what);
     }
     survived(&format!(
-        "apps that {}: 0 processes outlived tandem, PostgreSQL shut down cleanly after each",
-        names.join(", ")
+        "{} misbehaving apps ({}): 0 processes outlived tandem, PostgreSQL shut down cleanly \
+         after each",
+        names.len(),
+        names.join("; ")
     ));
 }
 
