@@ -691,10 +691,10 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
     let pid = tandem.pid();
     let rss_before = rss_kib(pid);
     let rss_max = AtomicU64::new(rss_before);
-    let times = Mutex::new(Vec::<(&str, Vec<Duration>)>::new());
+    let times = Mutex::new(Vec::<(String, Vec<Duration>)>::new());
     // Runs `n` health checks; every one must answer healthy in time.
-    let checks = |phase: &'static str, n: usize| {
-        times.lock().unwrap().push((phase, Vec::new()));
+    let checks = |phase: &str, n: usize| {
+        times.lock().unwrap().push((phase.to_string(), Vec::new()));
         for _ in 0..n {
             let (code, line, took) = check();
             if code != Some(0) || !line.starts_with("healthy") {
@@ -716,61 +716,80 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
     checks("1000 idle connections", 20);
     drop(idle);
 
-    let stop = AtomicBool::new(false);
     let (big, garbage, churned) = (
         AtomicUsize::new(0),
         AtomicUsize::new(0),
         AtomicUsize::new(0),
     );
-    thread::scope(|s| {
-        // 10 MB sends: the server reads at most 4 KiB of a request, answers, and closes.
-        for _ in 0..4 {
-            s.spawn(|| {
-                let chunk = vec![b'x'; 64 * 1024];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(mut c) = connect() else { continue };
-                    for _ in 0..160 {
-                        if c.write_all(&chunk).is_err() {
-                            break;
-                        }
-                    }
-                    big.fetch_add(1, Ordering::Relaxed);
+    // 10 MB sends: the server reads at most 4 KiB of a request, answers, and closes.
+    let big_send = |stop: &AtomicBool| {
+        let chunk = vec![b'x'; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut c) = connect() else { continue };
+            for _ in 0..160 {
+                if c.write_all(&chunk).is_err() {
+                    break;
                 }
-            });
+            }
+            big.fetch_add(1, Ordering::Relaxed);
         }
-        // Invalid JSON: each gets an error line back.
-        s.spawn(|| {
-            let lines: [&[u8]; 5] = [
-                b"{not json\n",
-                b"\"healthz\"\n",
-                b"\xff\xfe\x00\n",
-                b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
-                b"{\"type\":\"health\"}\n",
-            ];
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut c) = connect() else { continue };
-                let _ = c.write_all(lines[i % lines.len()]);
-                let mut answer = String::new();
-                let _ = c.read_to_string(&mut answer);
-                if !answer.contains("\"error\"") {
-                    tandem.fail(&format!("invalid request answered {answer:?}"));
-                }
-                garbage.fetch_add(1, Ordering::Relaxed);
-                i += 1;
+    };
+    // Invalid JSON: each gets an error line back.
+    let invalid = |stop: &AtomicBool| {
+        let lines: [&[u8]; 5] = [
+            b"{not json\n",
+            b"\"healthz\"\n",
+            b"\xff\xfe\x00\n",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
+            b"{\"type\":\"health\"}\n",
+        ];
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut c) = connect() else { continue };
+            let _ = c.write_all(lines[i % lines.len()]);
+            let mut answer = String::new();
+            let _ = c.read_to_string(&mut answer);
+            if !answer.contains("\"error\"") {
+                tandem.fail(&format!("invalid request answered {answer:?}"));
             }
-        });
-        // Open and close as fast as possible.
-        s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                if connect().is_ok() {
-                    churned.fetch_add(1, Ordering::Relaxed);
-                }
+            garbage.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+        }
+    };
+    // Open and close as fast as possible.
+    let churn = |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            if connect().is_ok() {
+                churned.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    };
+    type Abuser<'a> = &'a (dyn Fn(&AtomicBool) + Sync);
+    let phases: [(&str, Vec<Abuser>); 4] = [
+        (
+            "4 clients sending 10 MB each, over and over",
+            vec![&big_send; 4],
+        ),
+        ("invalid JSON", vec![&invalid; 2]),
+        (
+            "connections opened and closed as fast as possible",
+            vec![&churn; 2],
+        ),
+        (
+            "all of these at once",
+            vec![&big_send, &big_send, &invalid, &churn],
+        ),
+    ];
+    for (phase, abusers) in phases {
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            for abuse in &abusers {
+                s.spawn(|| abuse(&stop));
+            }
+            checks(phase, 10);
+            stop.store(true, Ordering::Relaxed);
         });
-        checks("10 MB sends, invalid JSON and churn", 30);
-        stop.store(true, Ordering::Relaxed);
-    });
+    }
     let rss_max = rss_max.load(Ordering::Relaxed);
     let rss_after = rss_kib(pid);
     if rss_max > rss_before + ABUSE_RSS_GROWTH_KIB {
@@ -796,8 +815,8 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
         })
         .collect();
     survived(&format!(
-        "control socket of a debug-build PID 1: 1000 idle connections, then {} 10 MB sends, {} \
-         invalid requests and {} connections opened and closed at once; healthchecks ({}); \
+        "control socket of a debug-build PID 1: 1000 idle connections, {} tries to send 10 MB, {} \
+         invalid requests, {} connections opened and closed; healthchecks ({}); \
          tandem RSS {rss_before} KiB before, {rss_max} KiB at most, {rss_after} KiB after",
         big.into_inner(),
         garbage.into_inner(),
