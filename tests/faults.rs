@@ -1111,6 +1111,22 @@ fn a_corpus_of_bad_environments_and_configs_is_one_line_each() {
         &[],
     );
     config_case("/dev/zero as the config", "/dev/zero".into(), 2, &[]);
+    // 2 000 services in a chain: under the size limit, and minutes of planning.
+    let chain: String = (0..2000)
+        .map(|i| match i {
+            0 => "[service.s0]\ncommand = [\"true\"]\n".to_string(),
+            _ => format!(
+                "[service.s{i}]\ncommand = [\"true\"]\ndepends_on = {{ s{} = \"started\" }}\n",
+                i - 1
+            ),
+        })
+        .collect();
+    config_case(
+        "2 000 services in a chain",
+        write("chain.toml", chain.as_bytes()),
+        2,
+        &["services"],
+    );
     let huge = write("huge.toml", &vec![b'#'; 4 << 20]);
     config_case("a 4 MiB config", huge, 2, &[]);
 
