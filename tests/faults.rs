@@ -1250,7 +1250,7 @@ fn the_argv_watch_finds_a_password_in_argv() {
 /// debug level), in `tandem check`, `tandem status` (table and JSON) or `tandem healthcheck
 /// --json`, and in no file left after tandem exits: everything in the sandbox (PGDATA, where
 /// PostgreSQL keeps only its SCRAM verifier, which is not the password) and everything new
-/// in /tmp.
+/// in /tmp, /var/tmp, /dev/shm and /run.
 #[test]
 fn the_password_is_in_no_argv_log_status_or_file() {
     if !can_run_postgres_as_pid1() {
@@ -1354,7 +1354,7 @@ fn the_password_is_in_no_argv_log_status_or_file() {
         "the password in none of {scans} scans of every /proc/*/cmdline over a first and a \
          second start, nor in the plain or JSON debug logs, {} CLI outputs (status, status \
          --json, healthcheck --json, check), nor in any file of the sandbox (PGDATA included) \
-         or new in /tmp",
+         or new in /tmp, /var/tmp, /dev/shm or /run",
         outputs.len()
     ));
 }

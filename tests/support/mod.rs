@@ -947,8 +947,8 @@ pub fn fresh_password(tag: &str) -> String {
 }
 
 /// Finds the files that hold a password: everything under the sandbox (PGDATA included), and
-/// everything under what appeared directly in /tmp since the watch began (where a temporary
-/// password file goes). The password must be fresh ([`fresh_password`]): nothing older than
+/// everything under what appeared directly in /tmp, /var/tmp, /dev/shm or /run since the
+/// watch began (where a temporary password file would go). The password must be fresh ([`fresh_password`]): nothing older than
 /// the watch can hold it, which keeps the scan of a busy, shared /tmp small and leaves other
 /// people's files alone. Other tests' sandboxes are skipped: the tandem under test knows
 /// nothing of them. Devices, FIFOs and sockets are skipped, symbolic links not followed.
@@ -973,7 +973,7 @@ impl SecretWatch {
         }
     }
 
-    /// Files under the sandbox or new in /tmp that contain the password.
+    /// Files under the sandbox or new in the temporary directories that contain the password.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut roots = self.new_in_tmp();
         roots.push(self.sandbox.clone());
@@ -996,12 +996,13 @@ impl SecretWatch {
         self.grep(&roots)
     }
 
-    /// Entries directly in /tmp made since the watch began, other than test sandboxes.
+    /// Entries made since the watch began directly in the machine's temporary directories
+    /// (/tmp, /var/tmp, /dev/shm, /run), other than test sandboxes.
     fn new_in_tmp(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir("/tmp") else {
-            return Vec::new();
-        };
-        entries
+        ["/tmp", "/var/tmp", "/dev/shm", "/run"]
+            .into_iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with("tandem-test-"))
             .filter(|e| {
@@ -1041,7 +1042,9 @@ impl Drop for SecretWatch {
         for file in self.grep(&self.new_in_tmp()) {
             let _ = std::fs::remove_file(&file);
             // The private directory around it, if that leaves it empty.
-            if let Some(dir) = file.parent().filter(|d| *d != Path::new("/tmp")) {
+            if let Some(dir) = file.parent().filter(|d| {
+                !["/tmp", "/var/tmp", "/dev/shm", "/run"].contains(&d.to_str().unwrap_or("/"))
+            }) {
                 let _ = std::fs::remove_dir(dir);
             }
         }
