@@ -657,10 +657,11 @@ fn rss_kib(pid: Pid) -> u64 {
         .unwrap_or(0)
 }
 
-/// How long `tandem healthcheck` may take under abuse: its `--timeout`. An answer is normally
-/// there in a few milliseconds; before the control socket's fix, 200 idle clients made it
-/// wait 4.5 s and 400 made it time out.
-const ABUSED_HEALTHCHECK_TIMEOUT: &str = "3s";
+/// How long `tandem healthcheck` may take under abuse: the timeout the images give Docker's
+/// health check (`HEALTHCHECK --timeout=5s`), as its own `--timeout`. An answer is normally
+/// there in milliseconds; before the control socket's fix, 200 idle clients made it wait
+/// 4.5 s and 400 made it time out.
+const ABUSED_HEALTHCHECK_TIMEOUT: &str = "5s";
 /// How much tandem's memory may grow under the abuse: the server keeps at most 1 024
 /// connections (about 2 KiB each) and reads at most 4 KiB of any request.
 const ABUSE_RSS_GROWTH_KIB: u64 = 8 * 1024;
