@@ -37,4 +37,9 @@ cargo build --release
 # The integration tests run the test app as a program: build it as one (under
 # --all-targets cargo would build examples only as test harnesses).
 cargo build --examples
+# The fault suite (tests/faults.rs) appends one line per scenario of what it survived; shown
+# at the end, whether the run passed or not.
+faults_summary="${CARGO_TARGET_DIR:-target}/tmp/faults-summary.txt"
+rm -f "$faults_summary"
+trap 'if [ -s "$faults_summary" ]; then echo "test: what the fault suite survived:"; cat "$faults_summary"; fi' EXIT
 cargo test "$@"

@@ -31,11 +31,11 @@ Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD gi
 probe; PostgreSQL always has one. TANDEM_{APP,PG}_HEALTH_{INTERVAL,TIMEOUT,RETRIES,START_PERIOD}
 and TANDEM_{APP,PG}_ON_UNHEALTHY (restart|report) tune them.
 
-Exit codes: 0 after a stop that went as asked (the app ended by tandem's stop signal, or
-never ran; TANDEM_STOP_EXIT=app keeps the app's code); else the app's (128+N if killed by
-signal N); 1 tandem could not start (bad input, initialisation failed, PostgreSQL not ready
-in time); 2 usage; 3 a required service failed while running; 126/127 the command is not
-executable / not found.";
+Exit codes: 0 after a stop that went as asked (the app ended by tandem's stop signal,
+never ran, or waited to be restarted; TANDEM_STOP_EXIT=app keeps the app's code); else the
+app's (128+N if killed by signal N); 1 tandem could not start (bad input, initialisation
+failed, PostgreSQL not ready in time); 2 usage; 3 a required service failed while running;
+126/127 the command is not executable / not found.";
 
 #[derive(Parser)]
 #[command(

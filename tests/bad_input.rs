@@ -13,57 +13,6 @@ use std::path::Path;
 use nix::libc;
 use support::*;
 
-/// Runs a tandem that must fail, and checks everything the contract promises about failing.
-/// `keywords`: the error line must contain at least one of them.
-fn expect_failure(
-    env: &Env,
-    cmd: &[&str],
-    ro_dir: Option<&Path>,
-    expected_code: i32,
-    keywords: &[&str],
-) -> Tandem {
-    let mode = Mode::Wrapped {
-        mount_ro: ro_dir.is_some(),
-    };
-    let mut tandem = Tandem::start_raw(mode, env, &["--"], cmd, ro_dir);
-    let code = tandem.wait_exit_code(START_TIMEOUT);
-    tandem.assert_no_panic();
-    tandem.assert_secret_absent();
-    if code == 90 {
-        tandem.fail("the test's read-only bind mount failed");
-    }
-    let errors: Vec<String> = tandem
-        .own_lines()
-        .into_iter()
-        .filter(|line| line.to_lowercase().contains("error"))
-        .collect();
-    if errors.len() != 1 {
-        tandem.fail(&format!(
-            "expected exactly one `tandem | ` error line, got {}: {errors:#?}",
-            errors.len()
-        ));
-    }
-    if !keywords.iter().any(|k| errors[0].contains(k)) {
-        tandem.fail(&format!(
-            "the error line names none of {keywords:?}: {:?}",
-            errors[0]
-        ));
-    }
-    let leftovers = tandem.leftovers();
-    if !leftovers.is_empty() {
-        tandem.fail(&format!(
-            "still running after tandem exited: {leftovers:#?}"
-        ));
-    }
-    if tandem.log.contains("testapp listening") {
-        tandem.fail("the app was started");
-    }
-    if code != expected_code {
-        tandem.fail(&format!("exit code {code}, expected {expected_code}"));
-    }
-    tandem
-}
-
 fn testapp() -> String {
     testapp_bin().to_str().unwrap().to_string()
 }

@@ -550,4 +550,214 @@ mod tests {
         assert_eq!(p.services.len(), 1);
         assert!(p.services[0].spec.main);
     }
+
+    /// A small deterministic generator, so a failure names its case.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Random environments built from every variable tandem reads and values that have gone
+    /// wrong somewhere (huge numbers, units, quotes, newlines, NULs, paths to devices, names
+    /// of users that do not exist, long strings), some mutated further: the zero-config
+    /// builder never panics; a refusal is one non-empty line with a non-zero code; neither a
+    /// refusal nor an accepted plan's description (`tandem check`) shows the password.
+    /// `TANDEM_FUZZ_CASES` runs more (the CI run keeps to 3 000).
+    #[test]
+    fn random_environments_never_panic_and_never_show_the_password() {
+        const PASSWORD: &str = "pw-fuzz-9f3b2c71-never-shown";
+        let keys = [
+            "POSTGRES_USER",
+            "POSTGRES_DB",
+            "POSTGRES_USER_FILE",
+            "POSTGRES_DB_FILE",
+            "POSTGRES_PASSWORD_FILE",
+            "POSTGRES_INITDB_ARGS",
+            "POSTGRES_INITDB_WALDIR",
+            "POSTGRES_HOST_AUTH_METHOD",
+            "PGDATA",
+            "PGPORT",
+            "PG_BINDIR",
+            "TANDEM_POSTGRES",
+            "TANDEM_STOP_TIMEOUT",
+            "TANDEM_STOP_EXIT",
+            "TANDEM_PG_START_TIMEOUT",
+            "TANDEM_APP_USER",
+            "TANDEM_DATABASE_URL_AS",
+            "TANDEM_APP_STOP_SIGNAL",
+            "TANDEM_APP_RESTART",
+            "TANDEM_APP_RELOAD_SIGNAL",
+            "TANDEM_INITDB_DIR",
+            "TANDEM_PG_SOCKET_DIR",
+            "TANDEM_SOCKET",
+            "TANDEM_APP_HEALTH_URL",
+            "TANDEM_APP_HEALTH_TCP",
+            "TANDEM_APP_HEALTH_CMD",
+            "TANDEM_APP_HEALTH_INTERVAL",
+            "TANDEM_APP_HEALTH_TIMEOUT",
+            "TANDEM_APP_HEALTH_RETRIES",
+            "TANDEM_APP_HEALTH_START_PERIOD",
+            "TANDEM_APP_ON_UNHEALTHY",
+            "TANDEM_PG_HEALTH_INTERVAL",
+            "TANDEM_PG_HEALTH_TIMEOUT",
+            "TANDEM_PG_HEALTH_RETRIES",
+            "TANDEM_PG_HEALTH_START_PERIOD",
+            "TANDEM_PG_ON_UNHEALTHY",
+            "XDG_RUNTIME_DIR",
+            "PATH",
+        ];
+        let long = "a".repeat(70_000);
+        let values = [
+            "",
+            "0",
+            "-1",
+            "1",
+            "9",
+            "2.5",
+            "500ms",
+            "1m",
+            "1h",
+            "0s",
+            "1e400",
+            "NaN",
+            "inf",
+            "99999999999999999999",
+            "18446744073709551616",
+            "4294967296",
+            "65535",
+            "65536",
+            "on",
+            "off",
+            "auto",
+            "yes",
+            "clean",
+            "app",
+            "no",
+            "on-failure",
+            "always",
+            "restart",
+            "report",
+            "SIGTERM",
+            "TERM",
+            "SIGKILL",
+            "15",
+            "SIGFOO",
+            "SIG",
+            "http://127.0.0.1:1/",
+            "http://[::1",
+            "ftp://x/",
+            "http://",
+            "host:",
+            ":80",
+            "127.0.0.1:65536",
+            "a=b,c",
+            "=",
+            ",,,",
+            "A=Bad Scheme",
+            "X=postgresql+psycopg",
+            "J=jdbc:postgresql",
+            "'",
+            "\"",
+            "a b 'c d'",
+            "\\",
+            "--locale=C",
+            "-E UTF8 'x",
+            "/",
+            "/dev/zero",
+            "/dev/null",
+            "/nonexistent/x",
+            "/tmp",
+            "relative/path",
+            "/usr/lib/postgresql/15/bin",
+            "/usr/lib/postgresql",
+            "root",
+            "nobody",
+            "65534",
+            "no-such-user-fuzz",
+            "é",
+            "\u{0}",
+            "\n",
+            "x\ny",
+            "md5\nlocal all all trust",
+            "${X}",
+            "%",
+            "trust",
+            "scram-sha-256",
+            "/usr/bin:/bin",
+            &long,
+        ];
+        let pieces = [
+            "\u{0}", "\n", "'", "\"", "=", ",", ":", "é", "9", "s", " ", "%",
+        ];
+        let cases: usize = std::env::var("TANDEM_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        let reaper = crate::testutil::reaper();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let (mut accepted, mut refused) = (0, 0);
+        for case in 0..cases {
+            let mut map: HashMap<String, String> = HashMap::new();
+            for _ in 0..rng.below(8) {
+                let key = keys[rng.below(keys.len())];
+                let mut value: String = values[rng.below(values.len())].to_string();
+                if rng.below(4) == 0 {
+                    let mut chars: Vec<char> = value.chars().collect();
+                    let at = rng.below(chars.len() + 1);
+                    chars.insert(
+                        at.min(chars.len()),
+                        pieces[rng.below(pieces.len())].chars().next().unwrap(),
+                    );
+                    value = chars.into_iter().collect();
+                }
+                map.insert(key.to_string(), value);
+            }
+            if rng.below(3) > 0 {
+                map.insert("POSTGRES_PASSWORD".into(), PASSWORD.into());
+            }
+            // Never a search that runs pg_config: that is a process per case.
+            map.entry("PG_BINDIR".into())
+                .or_insert_with(|| "/usr/lib/postgresql/15/bin".into());
+            let cmd: Vec<OsString> = match rng.below(4) {
+                0 => vec![],
+                1 => vec!["no-such-command-fuzz".into()],
+                _ => vec!["sh".into(), "-c".into(), "true".into()],
+            };
+            let os: Vec<(OsString, OsString)> =
+                map.iter().map(|(k, v)| (k.into(), v.into())).collect();
+            let shown = format!("case {case}: {cmd:?} {map:?}");
+            // Through `load`, as `tandem run` and `tandem check` get it (no config file:
+            // TANDEM_CONFIG is never set here).
+            let result = std::panic::catch_unwind(|| {
+                super::super::load(None, cmd.clone(), &map, &os, &reaper)
+                    .map(|plan| plan.describe())
+            });
+            match result {
+                Err(_) => panic!("{shown}: panicked"),
+                Ok(Ok(described)) => {
+                    accepted += 1;
+                    assert!(!described.contains(PASSWORD), "{shown}: {described}");
+                }
+                Ok(Err(e)) => {
+                    refused += 1;
+                    assert!(e.code != 0, "{shown}: code 0 for {:?}", e.message);
+                    assert!(!e.message.trim().is_empty(), "{shown}: an empty error");
+                    assert!(!e.message.contains('\n'), "{shown}: {:?}", e.message);
+                    assert!(!e.message.contains(PASSWORD), "{shown}: {:?}", e.message);
+                }
+            }
+        }
+        assert!(
+            accepted > cases / 20 && refused > cases / 20,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
 }

@@ -70,9 +70,14 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// One problem at `span`, as one line ([`super::one_line`]).
     pub fn at(&mut self, span: &Span, message: impl std::fmt::Display) {
-        self.list
-            .push(format!("{}: {message}", self.src.locate(span)));
+        self.push(format!("{}: {message}", self.src.locate(span)));
+    }
+
+    /// One problem without a place in the file, as one line.
+    pub fn push(&mut self, message: String) {
+        self.list.push(super::one_line(&message));
     }
 }
 
@@ -195,9 +200,14 @@ pub fn parse(
 ) -> Result<(File, Vec<String>), Vec<String>> {
     let mut p = Problems::new(src);
     let (doc, syntax) = DeTable::parse_recoverable(&src.text);
+    // The parser's recovery may report one mistake several times at the same place (a file
+    // cut short inside an inline table: three errors at its end); the first says it.
+    let mut places = std::collections::HashSet::new();
     for e in &syntax {
         let span = e.span().unwrap_or(0..0);
-        p.at(&span, format!("not valid TOML: {}", e.message()));
+        if places.insert(span.start) {
+            p.at(&span, format!("not valid TOML: {}", e.message()));
+        }
     }
     if !syntax.is_empty() {
         return Err(p.list);
@@ -972,23 +982,23 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
 /// such as `/dev/zero` must not eat the memory.
 pub const MAX_VALUE_FILE: u64 = 64 * 1024;
 
-/// A file's text, refused past [`MAX_VALUE_FILE`].
+/// A file's text, refused past [`MAX_VALUE_FILE`] (and a FIFO nobody writes to, at once:
+/// [`postgres::settings::read_bounded`]).
 pub fn read_limited(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut text = String::new();
-    f.take(MAX_VALUE_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if text.len() as u64 > MAX_VALUE_FILE {
-        return Err(format!(
-            "{} is longer than {} KiB, the most tandem reads for a value",
-            path.display(),
-            MAX_VALUE_FILE / 1024
-        ));
-    }
-    Ok(text)
+    use crate::postgres::settings::{read_bounded, ReadError};
+    let bytes = match read_bounded(path, MAX_VALUE_FILE) {
+        Ok(bytes) => bytes,
+        Err(ReadError::TooLong) => {
+            return Err(format!(
+                "{} is longer than {} KiB, the most tandem reads for a value",
+                path.display(),
+                MAX_VALUE_FILE / 1024
+            ))
+        }
+        Err(ReadError::Failed(e)) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    String::from_utf8(bytes)
+        .map_err(|_| format!("cannot read {}: it is not UTF-8 text", path.display()))
 }
 
 #[cfg(test)]
@@ -1085,6 +1095,15 @@ env = { A = "${NOT_SET_ANYWHERE}" }
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got[0].starts_with("t.toml:1:"), "{got:?}");
         assert!(got[1].starts_with("t.toml:2:"), "{got:?}");
+    }
+
+    #[test]
+    fn a_file_cut_short_is_one_problem_at_the_cut() {
+        let example = include_str!("../../examples/tandem.toml");
+        let cut = &example[..example.find("{ shared_buffers").unwrap() + 5];
+        let got = problems(cut, &[]);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(got[0].contains("unclosed inline table"), "{got:?}");
     }
 
     #[test]

@@ -59,8 +59,24 @@ pub fn load(
 ) -> Result<Plan, PlanError> {
     match config_path(config, env) {
         Some(path) => from_file(&path, cmd, env, os_env, reaper),
-        None => from_env(cmd, env, os_env, reaper),
+        // One problem, one line, whatever the values it quotes hold.
+        None => from_env(cmd, env, os_env, reaper).map_err(|e| PlanError {
+            message: one_line(&e.message),
+            code: e.code,
+        }),
     }
+}
+
+/// A problem as one line: a value quoted in it may hold a newline (a path, a name), which
+/// would otherwise split it into two "problems"; control characters are shown escaped.
+pub fn one_line(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() && c != '\t' => c.escape_default().collect(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Docker's default grace period between SIGTERM and SIGKILL.

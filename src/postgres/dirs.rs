@@ -72,6 +72,9 @@ fn make_dir(dir: &Path, mode: u32, what: &str, owner: &Owner, shared: bool) -> R
                 dir.display()
             ))
         }
+        // Under a file, say (ENOTDIR): the OS's reason is the one to show, not what mkdir
+        // of the parent would say ("File exists").
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(create_fail(e)),
         Err(_) => {
             // Parents get the usual 0755 so that PostgreSQL's user can reach the directory.
             if let Some(parent) = dir.parent() {

@@ -17,6 +17,49 @@ pub const DEFAULT_INITDB_DIR: &str = "/docker-entrypoint-initdb.d";
 /// What `password_encryption` says on PostgreSQL 14+, which the official image falls back to.
 pub const DEFAULT_HOST_AUTH_METHOD: &str = "scram-sha-256";
 
+/// Why [`read_bounded`] gave nothing.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Longer than the limit.
+    TooLong,
+    /// Cannot be read (the OS's reason), or is not a file to read a value from.
+    Failed(String),
+}
+
+/// Reads a file tandem was pointed at for a value (a `_FILE` secret, an env file, the config
+/// file), at most `max` bytes: more is [`ReadError::TooLong`], never memory spent on a
+/// mistake such as `/dev/zero`. It never waits: the file is opened without blocking, and a
+/// FIFO or socket is refused (one nobody writes to would hang tandem before it handles
+/// signals, so that even `docker stop` waits for its SIGKILL). Docker and Kubernetes
+/// secrets are regular files.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| ReadError::Failed(e.to_string()))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| ReadError::Failed(e.to_string()))?
+        .file_type();
+    if kind.is_fifo() || kind.is_socket() {
+        let what = if kind.is_fifo() { "a FIFO" } else { "a socket" };
+        return Err(ReadError::Failed(format!(
+            "it is {what}, not a file; tandem reads values from files and does not wait for a writer"
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::Failed(e.to_string()))?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLong);
+    }
+    Ok(bytes)
+}
+
 /// The embedded server, resolved from the environment.
 #[derive(Clone)]
 pub struct Settings {
@@ -191,18 +234,18 @@ fn secret(env: &HashMap<String, String>, name: &str) -> Result<Option<String>, S
         (Some(v), None) => Ok(Some(v.clone())),
         (None, None) => Ok(None),
         (None, Some(path)) => {
-            use std::io::Read;
-            // Bounded: a mistake such as /dev/zero must not eat the memory.
-            let mut bytes = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|f| f.take(MAX_SECRET as u64 + 1).read_to_end(&mut bytes))
-                .map_err(|e| format!("cannot read {file_var} {path}: {e}"))?;
-            if bytes.len() > MAX_SECRET {
-                return Err(format!(
-                    "{file_var} {path} is longer than {} KiB, the most tandem reads for a value; is it the right file?",
-                    MAX_SECRET / 1024
-                ));
-            }
+            let bytes = match read_bounded(std::path::Path::new(path), MAX_SECRET as u64) {
+                Ok(bytes) => bytes,
+                Err(ReadError::TooLong) => {
+                    return Err(format!(
+                        "{file_var} {path} is longer than {} KiB, the most tandem reads for a value; is it the right file?",
+                        MAX_SECRET / 1024
+                    ))
+                }
+                Err(ReadError::Failed(e)) => {
+                    return Err(format!("cannot read {file_var} {path}: {e}"))
+                }
+            };
             let mut text = String::from_utf8(bytes)
                 .map_err(|_| format!("{file_var} {path} is not UTF-8 text"))?;
             while text.ends_with('\n') {
@@ -389,6 +432,21 @@ mod tests {
                 .unwrap_err();
             assert!(err.contains("os error 13"), "{err}");
         }
+    }
+
+    /// A FIFO nobody writes to is refused at once instead of blocking tandem before it
+    /// handles signals (it used to hang in `open`).
+    #[test]
+    fn a_fifo_as_a_file_variable_is_refused_without_waiting() {
+        let dir = crate::testutil::TempDir::new("fifo-secret");
+        let fifo = dir.0.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let path = fifo.to_str().unwrap();
+        let err = Settings::from_env(&env(&[("POSTGRES_PASSWORD_FILE", path)])).unwrap_err();
+        assert_eq!(
+            err,
+            format!("cannot read POSTGRES_PASSWORD_FILE {path}: it is a FIFO, not a file; tandem reads values from files and does not wait for a writer")
+        );
     }
 
     #[test]

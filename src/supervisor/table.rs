@@ -312,7 +312,11 @@ impl Supervisor {
         Phase::Done
     }
 
-    fn stopped_before_start(&mut self, _id: Id, _: Input, _now: Instant) -> Phase {
+    /// Stopped while waiting to start, or to start again: in this stop it never ran. A run
+    /// that ended before a restart delay was the restart's business, not the container's
+    /// exit code (a stop asked for then exits 0, not the 137 of an earlier SIGKILL).
+    fn stopped_before_start(&mut self, id: Id, _: Input, _now: Instant) -> Phase {
+        self.svcs[id].exit = None;
         Phase::Done
     }
 

@@ -1294,6 +1294,44 @@ fn restarts_back_off_exponentially_up_to_the_cap_then_give_up_and_stop_the_conta
     );
 }
 
+/// A stop that comes while the main service waits out its restart delay is a stop as asked:
+/// exit 0 as if it never ran, not the code of the run the restart had already dealt with
+/// (137 after a SIGKILL of the app: found by tests/faults.rs).
+#[test]
+fn a_stop_during_the_restart_delay_exits_0() {
+    let defs = vec![ServiceDef::daemon("app")
+        .main(true)
+        .restart(Some(backoff_spec(0.0)))];
+    let mut h = Harness::new(build(B9, defs), B9);
+    let (at, _) = *h
+        .log
+        .iter()
+        .find(|(_, a)| *a == Action::Start(0))
+        .expect("the worker starts");
+    h.at(
+        at,
+        Event::Started {
+            id: 0,
+            pid: Pid::from_raw(40),
+        },
+    );
+    h.at(
+        at + 10 * MS,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Signal(9),
+        },
+    );
+    // Its restart is due 100 ms later; the stop comes first.
+    h.at(at + 50 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.exit_code(), Some(0));
+    assert_eq!(
+        h.log.iter().filter(|(_, a)| *a == Action::Start(0)).count(),
+        1,
+        "not started again"
+    );
+}
+
 #[test]
 fn jitter_stays_within_its_bounds_and_differs_between_restarts() {
     let mut seen = Vec::new();

@@ -947,8 +947,8 @@ pub fn fresh_password(tag: &str) -> String {
 }
 
 /// Finds the files that hold a password: everything under the sandbox (PGDATA included), and
-/// everything under what appeared directly in /tmp since the watch began (where a temporary
-/// password file goes). The password must be fresh ([`fresh_password`]): nothing older than
+/// everything under what appeared directly in /tmp, /var/tmp, /dev/shm or /run since the
+/// watch began (where a temporary password file would go). The password must be fresh ([`fresh_password`]): nothing older than
 /// the watch can hold it, which keeps the scan of a busy, shared /tmp small and leaves other
 /// people's files alone. Other tests' sandboxes are skipped: the tandem under test knows
 /// nothing of them. Devices, FIFOs and sockets are skipped, symbolic links not followed.
@@ -973,7 +973,7 @@ impl SecretWatch {
         }
     }
 
-    /// Files under the sandbox or new in /tmp that contain the password.
+    /// Files under the sandbox or new in the temporary directories that contain the password.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut roots = self.new_in_tmp();
         roots.push(self.sandbox.clone());
@@ -996,12 +996,13 @@ impl SecretWatch {
         self.grep(&roots)
     }
 
-    /// Entries directly in /tmp made since the watch began, other than test sandboxes.
+    /// Entries made since the watch began directly in the machine's temporary directories
+    /// (/tmp, /var/tmp, /dev/shm, /run), other than test sandboxes.
     fn new_in_tmp(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir("/tmp") else {
-            return Vec::new();
-        };
-        entries
+        ["/tmp", "/var/tmp", "/dev/shm", "/run"]
+            .into_iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with("tandem-test-"))
             .filter(|e| {
@@ -1041,7 +1042,9 @@ impl Drop for SecretWatch {
         for file in self.grep(&self.new_in_tmp()) {
             let _ = std::fs::remove_file(&file);
             // The private directory around it, if that leaves it empty.
-            if let Some(dir) = file.parent().filter(|d| *d != Path::new("/tmp")) {
+            if let Some(dir) = file.parent().filter(|d| {
+                !["/tmp", "/var/tmp", "/dev/shm", "/run"].contains(&d.to_str().unwrap_or("/"))
+            }) {
                 let _ = std::fs::remove_dir(dir);
             }
         }
@@ -1124,4 +1127,69 @@ impl Tandem {
             }
         }
     }
+}
+
+/// Runs a tandem (`-- CMD`) that must fail, in [`Mode::Wrapped`], and checks everything the
+/// contract promises about failing: exactly one `tandem | ` error line, naming at least one
+/// of `keywords`; the exit code; no panic, no password in the output, the app never started,
+/// nothing left running.
+pub fn expect_failure(
+    env: &Env,
+    cmd: &[&str],
+    ro_dir: Option<&Path>,
+    expected_code: i32,
+    keywords: &[&str],
+) -> Tandem {
+    expect_failure_raw(env, &["--"], cmd, ro_dir, expected_code, keywords)
+}
+
+/// [`expect_failure`] with tandem's own arguments first (`--config FILE`, say).
+pub fn expect_failure_raw(
+    env: &Env,
+    tandem_args: &[&str],
+    cmd: &[&str],
+    ro_dir: Option<&Path>,
+    expected_code: i32,
+    keywords: &[&str],
+) -> Tandem {
+    let mode = Mode::Wrapped {
+        mount_ro: ro_dir.is_some(),
+    };
+    let mut tandem = Tandem::start_raw(mode, env, tandem_args, cmd, ro_dir);
+    let code = tandem.wait_exit_code(START_TIMEOUT);
+    tandem.assert_no_panic();
+    tandem.assert_secret_absent();
+    if code == 90 {
+        tandem.fail("the test's read-only bind mount failed");
+    }
+    let errors: Vec<String> = tandem
+        .own_lines()
+        .into_iter()
+        .filter(|line| line.to_lowercase().contains("error"))
+        .collect();
+    if errors.len() != 1 {
+        tandem.fail(&format!(
+            "expected exactly one `tandem | ` error line, got {}: {errors:#?}",
+            errors.len()
+        ));
+    }
+    if !keywords.iter().any(|k| errors[0].contains(k)) {
+        tandem.fail(&format!(
+            "the error line names none of {keywords:?}: {:?}",
+            errors[0]
+        ));
+    }
+    let leftovers = tandem.leftovers();
+    if !leftovers.is_empty() {
+        tandem.fail(&format!(
+            "still running after tandem exited: {leftovers:#?}"
+        ));
+    }
+    if tandem.log.contains("testapp listening") {
+        tandem.fail("the app was started");
+    }
+    if code != expected_code {
+        tandem.fail(&format!("exit code {code}, expected {expected_code}"));
+    }
+    tandem
 }
