@@ -23,7 +23,21 @@ impl HealthReport {
             shown = self.services.iter().collect();
         }
         let parts: Vec<String> = shown.iter().map(|s| s.phrase()).collect();
-        let verdict = if self.healthy { "healthy" } else { "unhealthy" };
+        // Not healthy only because a start is under way (a set-up such as an upgrade, and
+        // services waiting for it): "starting". Exit code and JSON stay those of unhealthy.
+        let starting = !self.healthy
+            && shown.iter().any(|s| s.state == State::Starting)
+            && shown.iter().all(|s| {
+                s.state == State::Starting
+                    || (s.state == State::NotRunning && s.detail.as_deref() == Some(WAITING))
+            });
+        let verdict = if self.healthy {
+            "healthy"
+        } else if starting {
+            "starting"
+        } else {
+            "unhealthy"
+        };
         if parts.is_empty() {
             format!("{verdict}: no services")
         } else {
@@ -31,6 +45,9 @@ impl HealthReport {
         }
     }
 }
+
+/// The detail of a service that waits for its dependencies to be met.
+const WAITING: &str = crate::supervisor::verdict::WAITING;
 
 impl ServiceHealth {
     /// "app ok 2.8ms", "app http 503 after 3 tries", "postgres starting up", "app not running".

@@ -338,6 +338,20 @@ fn health_line_names_what_is_wrong() {
     };
     assert_eq!(r.line(), "unhealthy: postgres starting up, app not running");
 
+    // A set-up under way (an upgrade's step) and the app waiting for it: starting.
+    let mut pg = svc("postgres", false, State::Starting);
+    pg.detail = Some("upgrading 15 -> 17: pg_upgrade --link".into());
+    let mut app = svc("app", false, State::NotRunning);
+    app.detail = Some("waiting for its dependencies".into());
+    let r = HealthReport {
+        healthy: false,
+        services: vec![pg, app],
+    };
+    assert_eq!(
+        r.line(),
+        "starting: postgres upgrading 15 -> 17: pg_upgrade --link, app not running (waiting for its dependencies)"
+    );
+
     let mut app = svc("app", false, State::NotRunning);
     app.detail = Some("exited with code 1".into());
     let r = HealthReport {

@@ -66,13 +66,16 @@ pub async fn run(
         .collect();
     // Every process group a service or a set-up step led, for the sweep at exit.
     let mut groups: Vec<Pid> = Vec::new();
+    // Whether a service other than the embedded database has started: work that must not
+    // compete with the app's start (the analyze after an upgrade) waits for it.
+    let (others_started, others_rx) = tokio::sync::watch::channel(plan.services.len() < 2);
     let plan = Arc::new(plan);
 
     sup.start(Instant::now());
     loop {
         while let Some(action) = sup.poll_action() {
             match action {
-                Action::Start(id) => start(id, &plan, &reaper, &tx, &cancels[id]),
+                Action::Start(id) => start(id, &plan, &reaper, &tx, &cancels[id], &others_rx),
                 Action::Signal { id, signal, to } => send(sup.name(id), signal, to),
                 Action::CancelSetup(id) => cancels[id].store(true, Ordering::Relaxed),
                 Action::Probe(id) => probe(id, &plan, &prober, &tx),
@@ -88,7 +91,13 @@ pub async fn run(
             ev = events.recv() => {
                 let Some(ev) = ev else { return EXIT_START_FAILED };
                 match &ev {
-                    Event::Started { pid, .. } | Event::StepStarted { pid, .. } => groups.push(*pid),
+                    Event::Started { id, pid } => {
+                        groups.push(*pid);
+                        if !matches!(plan.services[*id].launch, Launch::Postgres(_)) {
+                            others_started.send_replace(true);
+                        }
+                    }
+                    Event::StepStarted { pid, .. } => groups.push(*pid),
                     // A group that is empty now needs no sweep (and its id may be reused).
                     Event::Exited { .. } | Event::StepExited { .. } => {
                         groups.retain(|g| nix::sys::signal::kill(Pid::from_raw(-g.as_raw()), None) != Err(Errno::ESRCH));
@@ -119,6 +128,7 @@ fn start(
     reaper: &Reaper,
     tx: &mpsc::UnboundedSender<Event>,
     cancel: &Arc<AtomicBool>,
+    others_started: &tokio::sync::watch::Receiver<bool>,
 ) {
     let name = plan.services[id].spec.name.clone();
     match &plan.services[id].launch {
@@ -127,11 +137,12 @@ fn start(
             let plan = Arc::clone(plan);
             let tx = tx.clone();
             let steps = Steps::new(id, tx.clone(), Arc::clone(cancel), reaper.clone());
+            let others_started = others_started.clone();
             tokio::spawn(async move {
                 let Launch::Postgres(pg) = &plan.services[id].launch else {
                     return;
                 };
-                start_postgres(id, &name, pg, steps, &tx).await;
+                start_postgres(id, &name, pg, steps, &tx, others_started).await;
             });
         }
         // Nothing to start: the supervisor probes it.
@@ -186,14 +197,16 @@ fn start_command(
     }
 }
 
-/// Prepares PGDATA (the first start's steps reported as they run), starts the server, and
-/// reports it ready once the postmaster says so and a protocol round trip works.
+/// Prepares PGDATA (the first start's or an upgrade's steps reported as they run), starts
+/// the server, and reports it ready once the postmaster says so, a protocol round trip works
+/// and the stored password was compared with POSTGRES_PASSWORD (and set, when asked).
 async fn start_postgres(
     id: Id,
     name: &str,
     pg: &PostgresPlan,
     steps: Steps,
     tx: &mpsc::UnboundedSender<Event>,
+    others_started: tokio::sync::watch::Receiver<bool>,
 ) {
     let fail = |reason: String| {
         let _ = tx.send(Event::StartFailed {
@@ -211,9 +224,10 @@ async fn start_postgres(
     if let Err(e) = check_port_free(pg.settings.port) {
         return fail(e);
     }
-    if let Err(e) = postgres::prepare(&pg.settings, &pg.bins, &steps).await {
-        return fail(e.message().to_string());
-    }
+    let prepared = match postgres::prepare(&pg.settings, &pg.bins, &steps).await {
+        Ok(p) => p,
+        Err(e) => return fail(e.message().to_string()),
+    };
     if let Err(SetupError::Interrupted(e)) = steps.check() {
         return fail(e);
     }
@@ -230,7 +244,17 @@ async fn start_postgres(
     let mut exit = spawned.exit;
     tokio::select! {
         ready = postgres::wait_ready(&pg.settings, pid) => match ready {
-            Ok(()) => { let _ = tx.send(Event::Ready { id }); }
+            Ok(()) => {
+                // Before the app starts: it logs in with POSTGRES_PASSWORD.
+                if prepared.existing {
+                    postgres::password::check(&pg.settings).await;
+                }
+                let _ = tx.send(Event::Ready { id });
+                if let Some(finish) = prepared.upgrade {
+                    let (reaper, pg) = (steps.reaper().clone(), pg.clone());
+                    tokio::spawn(after_upgrade(finish, pg, reaper, others_started));
+                }
+            }
             // The supervisor stops it through its ladder.
             Err(e) => fail(format!("{name} cannot be watched for readiness: {e}")),
         },
@@ -243,6 +267,46 @@ async fn start_postgres(
         }
     }
     forward_exit(id, exit, output, tx);
+}
+
+/// After an upgrade's new server is ready: the old files go, then, once the app has started,
+/// the planner's statistics are rebuilt in the background (`vacuumdb --analyze-in-stages`),
+/// which readiness never waits for.
+async fn after_upgrade(
+    finish: postgres::upgrade::Finish,
+    pg: PostgresPlan,
+    reaper: Reaper,
+    mut others_started: tokio::sync::watch::Receiver<bool>,
+) {
+    let spec = finish.analyze_spec(&pg.settings, &pg.bins);
+    match tokio::task::spawn_blocking(move || finish.clean_up()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("{e}"),
+        Err(e) => tracing::warn!("cleaning up after the upgrade: {e}"),
+    }
+    if others_started.wait_for(|started| *started).await.is_err() {
+        return;
+    }
+    let began = Instant::now();
+    tracing::info!("the upgrade carried no planner statistics over: vacuumdb --all --analyze-in-stages in the background");
+    let mut spawned = match reaper.spawn(spec) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("cannot run vacuumdb after the upgrade: {e}"),
+    };
+    let output = logs::pump_spawned(postgres::SERVICE, &mut spawned);
+    let exit = spawned.exit.await;
+    output.wait(logs::LAST_WORDS).await;
+    match exit {
+        Ok(e) if e.success() => tracing::info!(
+            "vacuumdb --analyze-in-stages done in {:.1} s",
+            began.elapsed().as_secs_f64()
+        ),
+        Ok(e) => tracing::warn!(
+            "vacuumdb --analyze-in-stages {}; the planner lacks statistics until it runs (vacuumdb --all --analyze-in-stages)",
+            e.ended()
+        ),
+        Err(_) => {}
+    }
 }
 
 /// Runs a service's probe in the background and reports the answer as an event.
