@@ -1238,6 +1238,42 @@ EOSQL
         );
     }
 
+    /// What the version guard adds to a normal start: looking for an upgrade's directory
+    /// (part of `inspect`) and reading PG_VERSION against the binaries' major. Run with
+    /// `cargo test --release --lib version_guard_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn version_guard_cost() {
+        let root = TempDir::new("guard");
+        write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
+        let bins = Binaries {
+            dir: "/usr/lib/postgresql/15/bin".into(),
+            version: "15".into(),
+            source: "test",
+        };
+        let once = || {
+            assert!(!root.path().join(UPGRADE_DIR).is_dir());
+            assert_eq!(check_version(root.path(), &bins, false), Ok(Version::Same));
+        };
+        for _ in 0..100 {
+            once();
+        }
+        let mut rounds: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..1000 {
+                    once();
+                }
+                t.elapsed().as_secs_f64() * 1e6 / 1000.0
+            })
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        eprintln!(
+            "version guard: {:.1} us per start (median of 20 rounds of 1000; {:.1}-{:.1} us), target < 1000 us",
+            rounds[10], rounds[0], rounds[19]
+        );
+    }
+
     #[test]
     fn only_wal_is_taken_from_the_wal_directory() {
         for wal in [
