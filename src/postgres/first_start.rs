@@ -139,10 +139,15 @@ pub async fn prepare(
     };
     match inspect(data)? {
         DataDir::Upgrade => match upgrade::resume(settings)? {
-            Resumed::Forward(finish) => Ok(Prepared {
-                existing: true,
-                upgrade: Some(finish),
-            }),
+            Resumed::Forward(finish) => {
+                // Finished with other binaries than the upgrade's own (a downgrade, say):
+                // said here rather than by the server.
+                check_version(data, bins, false)?;
+                Ok(Prepared {
+                    existing: true,
+                    upgrade: Some(finish),
+                })
+            }
             Resumed::RolledBack | Resumed::Done => initialised(settings, bins, steps).await,
         },
         DataDir::Initialised => initialised(settings, bins, steps).await,
@@ -1008,7 +1013,18 @@ EOSQL
         let prepared = prepare(&settings, &bins, &steps()).await.unwrap();
         assert!(!prepared.existing, "a first start");
         let (server, _, _) = Server::start(&settings, &bins).await;
+        let t = Instant::now();
         assert_eq!(check(&settings).await, Drift::Same);
+        eprintln!(
+            "timings: the password check {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        let t = Instant::now();
+        assert_eq!(check(&settings).await, Drift::Same);
+        eprintln!(
+            "timings: again, warm {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
         settings.password = Some("second pw".into());
         assert_eq!(check(&settings).await, Drift::Differs { synced: false });
         connect_tcp(&settings, "first pw").await.unwrap();

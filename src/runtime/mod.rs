@@ -245,11 +245,17 @@ async fn start_postgres(
     tokio::select! {
         ready = postgres::wait_ready(&pg.settings, pid) => match ready {
             Ok(()) => {
-                // Before the app starts: it logs in with POSTGRES_PASSWORD.
-                if prepared.existing {
+                // A password to store goes in before the app logs in with it; one that is
+                // only compared is compared beside the app's start (about 10 ms: a
+                // backend's start and the SCRAM key derivation), off the critical path.
+                if prepared.existing && pg.settings.sync_password {
                     postgres::password::check(&pg.settings).await;
                 }
                 let _ = tx.send(Event::Ready { id });
+                if prepared.existing && !pg.settings.sync_password {
+                    let settings = pg.settings.clone();
+                    tokio::spawn(async move { postgres::password::check(&settings).await });
+                }
                 if let Some(finish) = prepared.upgrade {
                     let (reaper, pg) = (steps.reaper().clone(), pg.clone());
                     tokio::spawn(after_upgrade(finish, pg, reaper, others_started));
