@@ -78,7 +78,9 @@ fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
             break line;
         }
         assert!(
-            Instant::now() < deadline && !c.logs().contains(UPGRADED),
+            Instant::now() < deadline
+                && !c.logs().contains(UPGRADED)
+                && c.inspect("{{.State.Running}}") == "true",
             "healthcheck never named the upgrade (last: {line:?}):\n{}",
             c.logs()
         );
@@ -248,8 +250,17 @@ fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
             docker_ok(&["kill", "-s", "KILL", &c.name]);
         }
         let killed_logs = c.logs();
-        let next = scope.run(&volume, &["-e", "TANDEM_PG_UPGRADE=auto"]);
+        // After the last kill the old files are kept (TANDEM_PG_UPGRADE_KEEP_OLD=on).
+        let keep = matches!(at, At::Phase("started"));
+        let keep_flag = format!(
+            "TANDEM_PG_UPGRADE_KEEP_OLD={}",
+            if keep { "on" } else { "off" }
+        );
+        let next = scope.run(&volume, &["-e", "TANDEM_PG_UPGRADE=auto", "-e", &keep_flag]);
         next.wait_healthy();
+        if keep {
+            next.wait_log("kept the PostgreSQL 15 files in");
+        }
         let logs = next.logs();
         let said = match said {
             "either" if logs.contains(ROLLED_BACK) => ROLLED_BACK,
@@ -264,6 +275,21 @@ fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
         assert_data(&next);
         next.stop();
         eprintln!("killed at {needle:?}: {said}");
+        if keep {
+            assert!(
+                logs.contains("kept the PostgreSQL 15 files in /var/lib/postgresql/data/.tandem-upgrade/old (TANDEM_PG_UPGRADE_KEEP_OLD=on): "),
+                "{logs}"
+            );
+            let after = scope.run(&volume, &[]);
+            after.wait_healthy();
+            let logs = after.logs();
+            assert!(
+                logs.contains("removed the kept files of the upgrade from PostgreSQL 15 to 17"),
+                "{logs}"
+            );
+            assert_data(&after);
+            after.stop();
+        }
     }
 }
 

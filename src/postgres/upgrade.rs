@@ -478,6 +478,14 @@ pub async fn upgrade(
     }
     refuse_unsupported(data, old)?;
     let dir = data.join(UPGRADE_DIR);
+    if dir.exists() {
+        // Only a finished upgrade's kept files can be there now (resume handled the rest).
+        return Err(SetupError::Other(format!(
+            "{} holds the files kept from the previous upgrade (TANDEM_PG_UPGRADE_KEEP_OLD=on): remove the directory, \
+             or start once with TANDEM_PG_UPGRADE_KEEP_OLD off, before upgrading from PostgreSQL {old} to {new}; nothing was changed",
+            dir.display()
+        )));
+    }
     let ctx = Ctx {
         settings,
         bins,
