@@ -1,7 +1,7 @@
-//! Password drift: POSTGRES_PASSWORD is applied by initdb only, so once it changes, the app's
-//! password logins fail while the old password stays stored. On every start of an existing
-//! directory with a password set, tandem compares it with what is stored, says so in one
-//! line when they differ, and with `TANDEM_PG_SYNC_PASSWORD=on` stores the new one.
+//! Password drift: POSTGRES_PASSWORD is applied by initdb only, so once it changes, logins
+//! that check the password fail while the old password stays stored. On every start of an
+//! existing directory with a password set, tandem compares it with what is stored, says so
+//! in one line when they differ, and with `TANDEM_PG_SYNC_PASSWORD=on` stores the new one.
 //!
 //! How it is checked, and why this way: tandem connects to its own server over the Unix
 //! socket as POSTGRES_USER once it is ready (with the sync on, before the app starts; else
@@ -126,7 +126,7 @@ pub async fn check(settings: &Settings) -> Drift {
         ),
         Drift::Differs { synced: false } => tracing::warn!(
             "POSTGRES_PASSWORD is not the stored password of {user:?} (it is applied only when the data directory is \
-             initialised): password logins with it, the app's included, will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it, \
+             initialised): logins that check the password (over TCP from other hosts; loopback is initdb's trust) will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it, \
              or set POSTGRES_PASSWORD back"
         ),
         Drift::Unknown(why) => tracing::warn!(
