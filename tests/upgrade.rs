@@ -313,7 +313,7 @@ fn a_changed_password_is_reported_then_synced() {
     drifted.wait_log("is not the stored password of");
     let warning = format!(
         "POSTGRES_PASSWORD is not the stored password of {USER:?} (it is applied only when the data directory is initialised): \
-         logins that check the password (over TCP from other hosts; loopback is initdb's trust) will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it"
+         logins that check the password (pg_hba.conf lines other than trust) will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it"
     );
     let logs = drifted.logs();
     assert_eq!(logs.matches(&warning).count(), 1, "{logs}");

@@ -24,11 +24,12 @@ impl HealthReport {
         }
         let parts: Vec<String> = shown.iter().map(|s| s.phrase()).collect();
         // Not healthy only because a start is under way (a set-up such as an upgrade, and
-        // services waiting for it): "starting". Exit code and JSON stay those of unhealthy.
+        // services waiting for it): "starting". A probe that fails in its start period is
+        // not that. Exit code and JSON stay those of unhealthy.
         let starting = !self.healthy
-            && shown.iter().any(|s| s.state == State::Starting)
+            && shown.iter().any(|s| s.setting_up())
             && shown.iter().all(|s| {
-                s.state == State::Starting
+                s.setting_up()
                     || (s.state == State::NotRunning && s.detail.as_deref() == Some(WAITING))
             });
         let verdict = if self.healthy {
@@ -50,6 +51,12 @@ impl HealthReport {
 const WAITING: &str = crate::supervisor::verdict::WAITING;
 
 impl ServiceHealth {
+    /// Starting and not judged by a probe (no answer, no failed tries): its set-up or its
+    /// start is under way.
+    fn setting_up(&self) -> bool {
+        self.state == State::Starting && self.latency_ms.is_none() && self.tries.is_none()
+    }
+
     /// "app ok 2.8ms", "app http 503 after 3 tries", "postgres starting up", "app not running".
     fn phrase(&self) -> String {
         let name = &self.name;

@@ -126,7 +126,7 @@ pub async fn check(settings: &Settings) -> Drift {
         ),
         Drift::Differs { synced: false } => tracing::warn!(
             "POSTGRES_PASSWORD is not the stored password of {user:?} (it is applied only when the data directory is \
-             initialised): logins that check the password (over TCP from other hosts; loopback is initdb's trust) will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it, \
+             initialised): logins that check the password (pg_hba.conf lines other than trust) will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it, \
              or set POSTGRES_PASSWORD back"
         ),
         Drift::Unknown(why) => tracing::warn!(
