@@ -12,6 +12,9 @@
 #   supervisord-genie, supervisord-agent, supervisord-genie-example, supervisord-agent-example
 #                           tandem-supervisord-genie:TAG, ... (images/supervisord/): the same
 #                           app and base under supervisord, for the comparison
+#   upgrade                 tandem-upgrade:TAG: genie-example built on tandem-upgrade-base:TAG,
+#                           the base with Debian 12's PostgreSQL 15 beside its 17
+#                           (images/upgrade/), for tests/upgrade.rs and bench/upgrade.sh
 #   base                    only the base image
 #
 # TAG is TANDEM_IMAGE_TAG (default `local`): two checkouts sharing one engine keep apart by
@@ -29,7 +32,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: images/build.sh genie|agent|genie-example|agent-example|supervisord-genie|supervisord-agent|supervisord-genie-example|supervisord-agent-example|base ..." >&2
+    echo "usage: images/build.sh genie|agent|genie-example|agent-example|upgrade|supervisord-genie|supervisord-agent|supervisord-genie-example|supervisord-agent-example|base ..." >&2
     exit 2
 }
 [ $# -gt 0 ] || usage
@@ -115,6 +118,16 @@ for target in "$@"; do
         supervisord-agent | supervisord-agent-example)
             build "tandem-$target:$tag" -f images/supervisord/Dockerfile --build-arg APP="$app" \
                 --build-arg API_PORT=35532 --build-arg POSTGRES_USER=agent --build-arg POSTGRES_DB=hive_agent
+            ;;
+        upgrade)
+            build "tandem-upgrade-base:$tag" -f images/upgrade/Dockerfile
+            bin=$(tandem_bin)
+            TANDEM_BIN=$bin
+            saved=$base
+            base="tandem-upgrade-base:$tag"
+            build "tandem-upgrade:$tag" -f Dockerfile.genie --build-arg APP=example \
+                --build-arg TANDEM_BUILDER="$base" --build-arg TANDEM_BIN="$bin"
+            base=$saved
             ;;
         base) ;;
         *) usage ;;

@@ -27,6 +27,12 @@ TANDEM_APP_RELOAD_SIGNAL, TANDEM_INITDB_DIR, TANDEM_PG_SOCKET_DIR, TANDEM_DATABA
 (default /run/tandem.sock as root), TANDEM_HTTP (IP:PORT: /healthz, /readyz, /metrics),
 TANDEM_LOG_FORMAT (json), TANDEM_LOG (debug|info|warn).
 
+Versions and passwords: a PGDATA of an older PostgreSQL major is refused unless
+TANDEM_PG_UPGRADE=auto, which upgrades it in place with pg_upgrade, crash-safe (old programs in
+/usr/lib/postgresql/OLD/bin or TANDEM_PG_OLD_BINDIR; TANDEM_PG_UPGRADE_MODE auto|link|copy;
+TANDEM_PG_UPGRADE_KEEP_OLD=on keeps the old files). A POSTGRES_PASSWORD that is not the stored
+one is reported; TANDEM_PG_SYNC_PASSWORD=on stores it.
+
 Health: TANDEM_APP_HEALTH_URL, TANDEM_APP_HEALTH_TCP or TANDEM_APP_HEALTH_CMD give the app a
 probe; PostgreSQL always has one. TANDEM_{APP,PG}_HEALTH_{INTERVAL,TIMEOUT,RETRIES,START_PERIOD}
 and TANDEM_{APP,PG}_ON_UNHEALTHY (restart|report) tune them.

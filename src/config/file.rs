@@ -244,6 +244,11 @@ const POSTGRES_KEYS: &[&str] = &[
     "start_timeout",
     "health",
     "urls",
+    "upgrade",
+    "old_bin_dir",
+    "upgrade_mode",
+    "upgrade_keep_old",
+    "sync_password",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "command",
@@ -380,6 +385,7 @@ impl Reader<'_, '_> {
                 "database" => Some("POSTGRES_DB"),
                 "initdb_waldir" => Some("POSTGRES_INITDB_WALDIR"),
                 "host_auth_method" => Some("POSTGRES_HOST_AUTH_METHOD"),
+                "old_bin_dir" => Some("TANDEM_PG_OLD_BINDIR"),
                 _ => None,
             };
             if let Some(var) = var {
@@ -395,6 +401,42 @@ impl Reader<'_, '_> {
                     }
                 }
                 "bin_dir" => out.bin_dir = self.string(v, "bin_dir").map(PathBuf::from),
+                "upgrade" | "upgrade_mode" => {
+                    let (var, allowed, example): (&'static str, &[&str], &str) =
+                        if name == "upgrade" {
+                            ("TANDEM_PG_UPGRADE", &["auto", "off"], "\"auto\"")
+                        } else {
+                            (
+                                "TANDEM_PG_UPGRADE_MODE",
+                                &["auto", "link", "copy"],
+                                "\"auto\"",
+                            )
+                        };
+                    if let Some(s) = self.string(v, name) {
+                        if allowed.contains(&s.as_str()) {
+                            out.vars.push((var, s));
+                        } else {
+                            self.p.at(
+                                &v.span(),
+                                format!(
+                                    "{name} = {s:?}: use one of {}, e.g. {name} = {example}",
+                                    allowed.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+                "upgrade_keep_old" | "sync_password" => {
+                    let var = if name == "sync_password" {
+                        "TANDEM_PG_SYNC_PASSWORD"
+                    } else {
+                        "TANDEM_PG_UPGRADE_KEEP_OLD"
+                    };
+                    if let Some(b) = self.boolean(v, name) {
+                        out.vars
+                            .push((var, if b { "on" } else { "off" }.to_string()));
+                    }
+                }
                 "initdb_args" => out.initdb_args = self.strings(v, "initdb_args"),
                 "settings" => out.settings = self.string_table(v, "settings"),
                 "start_timeout" => out.start_timeout = self.duration(v, "start_timeout"),

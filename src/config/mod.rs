@@ -189,7 +189,7 @@ pub struct CommandPlan {
     pub working_dir: Option<PathBuf>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PostgresPlan {
     pub settings: postgres::Settings,
     pub bins: postgres::Binaries,
@@ -290,6 +290,37 @@ impl Plan {
                             p.settings.port,
                             p.settings.database,
                             p.settings.user,
+                        );
+                        let u = &p.settings.upgrade;
+                        if u.enabled {
+                            let _ = writeln!(
+                                out,
+                                "     an older major's data directory is upgraded with pg_upgrade (TANDEM_PG_UPGRADE=auto): old programs in {}, {}, old files {} after the new cluster starts",
+                                u.old_bin_dir.as_ref().map_or_else(
+                                    || "/usr/lib/postgresql/OLD/bin".to_string(),
+                                    |d| d.display().to_string()
+                                ),
+                                match u.mode {
+                                    postgres::settings::UpgradeMode::Auto => "hard links on one filesystem, else a copy",
+                                    postgres::settings::UpgradeMode::Link => "hard links",
+                                    postgres::settings::UpgradeMode::Copy => "a copy",
+                                },
+                                if u.keep_old { "kept" } else { "removed" }
+                            );
+                        } else {
+                            let _ = writeln!(
+                                out,
+                                "     an older major's data directory is refused (TANDEM_PG_UPGRADE=auto upgrades it)"
+                            );
+                        }
+                        let _ = writeln!(
+                            out,
+                            "     a POSTGRES_PASSWORD that is not the stored one is {}",
+                            if p.settings.sync_password {
+                                "stored (TANDEM_PG_SYNC_PASSWORD=on)"
+                            } else {
+                                "reported (TANDEM_PG_SYNC_PASSWORD=on stores it)"
+                            }
                         );
                     }
                 }

@@ -23,7 +23,22 @@ impl HealthReport {
             shown = self.services.iter().collect();
         }
         let parts: Vec<String> = shown.iter().map(|s| s.phrase()).collect();
-        let verdict = if self.healthy { "healthy" } else { "unhealthy" };
+        // Not healthy only because a start is under way (a set-up such as an upgrade, and
+        // services waiting for it): "starting". A probe that fails in its start period is
+        // not that. Exit code and JSON stay those of unhealthy.
+        let starting = !self.healthy
+            && shown.iter().any(|s| s.setting_up())
+            && shown.iter().all(|s| {
+                s.setting_up()
+                    || (s.state == State::NotRunning && s.detail.as_deref() == Some(WAITING))
+            });
+        let verdict = if self.healthy {
+            "healthy"
+        } else if starting {
+            "starting"
+        } else {
+            "unhealthy"
+        };
         if parts.is_empty() {
             format!("{verdict}: no services")
         } else {
@@ -32,7 +47,16 @@ impl HealthReport {
     }
 }
 
+/// The detail of a service that waits for its dependencies to be met.
+const WAITING: &str = crate::supervisor::verdict::WAITING;
+
 impl ServiceHealth {
+    /// Starting and not judged by a probe (no answer, no failed tries): its set-up or its
+    /// start is under way.
+    fn setting_up(&self) -> bool {
+        self.state == State::Starting && self.latency_ms.is_none() && self.tries.is_none()
+    }
+
     /// "app ok 2.8ms", "app http 503 after 3 tries", "postgres starting up", "app not running".
     fn phrase(&self) -> String {
         let name = &self.name;

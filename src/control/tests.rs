@@ -356,6 +356,32 @@ fn health_line_names_what_is_wrong() {
     };
     assert_eq!(r.line(), "unhealthy: postgres starting up, app not running");
 
+    // A set-up under way (an upgrade's step) and the app waiting for it: starting.
+    let mut pg = svc("postgres", false, State::Starting);
+    pg.detail = Some("upgrading 15 -> 17: pg_upgrade --link".into());
+    let mut app = svc("app", false, State::NotRunning);
+    app.detail = Some("waiting for its dependencies".into());
+    let r = HealthReport {
+        healthy: false,
+        services: vec![pg, app],
+    };
+    assert_eq!(
+        r.line(),
+        "starting: postgres upgrading 15 -> 17: pg_upgrade --link, app not running (waiting for its dependencies)"
+    );
+    // A probe failing inside its start period is not a start under way.
+    let mut pg = svc("postgres", false, State::Starting);
+    pg.detail = Some("password authentication failed".into());
+    pg.latency_ms = Some(1.0);
+    let r = HealthReport {
+        healthy: false,
+        services: vec![pg],
+    };
+    assert_eq!(
+        r.line(),
+        "unhealthy: postgres password authentication failed"
+    );
+
     let mut app = svc("app", false, State::NotRunning);
     app.detail = Some("exited with code 1".into());
     let r = HealthReport {

@@ -9,7 +9,8 @@
 //!
 //! | found                                     | means                          | then               |
 //! |-------------------------------------------|--------------------------------|--------------------|
-//! | `PG_VERSION`, no marker                   | initialised                    | serve it           |
+//! | `.tandem-upgrade`                         | an upgrade was under way       | see [`super::upgrade`] |
+//! | `PG_VERSION`, no marker                   | initialised                    | serve it (an older major: upgrade or refuse) |
 //! | marker with `failed`                      | initdb or a script failed      | refuse, say why    |
 //! | marker and `PG_VERSION`                   | killed after the last move     | finish, serve it   |
 //! | marker, no `PG_VERSION`                   | stopped or killed half way     | remove, start over |
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Uid;
 
 use super::steps::{SetupError, Steps};
+use super::upgrade::{self, Resumed, UPGRADE_DIR};
 use super::{dirs, ready, Binaries, Settings};
 use crate::process::{ChildSpec, Stdin};
 use crate::supervisor::StepKind;
@@ -51,6 +53,8 @@ const CREATE_DB_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataDir {
     Initialised,
+    /// An upgrade's directory is there: it was under way, or its old files were kept.
+    Upgrade,
     Empty,
     /// A first start was stopped or killed before it finished.
     Interrupted,
@@ -70,6 +74,9 @@ pub fn inspect(data: &Path) -> Result<DataDir, String> {
     let marker = data.join(FIRST_START_DIR);
     if data.join(LEGACY_MARKER).exists() {
         return Ok(DataDir::Legacy);
+    }
+    if data.join(UPGRADE_DIR).is_dir() {
+        return Ok(DataDir::Upgrade);
     }
     if marker.is_dir() {
         if let Ok(reason) = std::fs::read_to_string(marker.join(FAILED)) {
@@ -108,30 +115,49 @@ fn is_left_alone(name: &str) -> bool {
     name.starts_with('.') || name == "lost+found"
 }
 
-/// Prepares PGDATA on every start; initialises it on the first. See the module doc.
+/// What a prepared PGDATA needs from the start that follows.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// It held a database already (no first start): the stored password may have drifted.
+    pub existing: bool,
+    /// An upgrade put a new cluster in place: clean up once its server is ready.
+    pub upgrade: Option<upgrade::Finish>,
+}
+
+/// Prepares PGDATA on every start; initialises it on the first, upgrades it when an older
+/// major made it and the upgrade is enabled. See the module doc.
 pub async fn prepare(
     settings: &Settings,
     bins: &Binaries,
     steps: &Steps,
-) -> Result<(), SetupError> {
+) -> Result<Prepared, SetupError> {
     dirs::prepare_dirs(settings)?;
     let data = &settings.data_dir;
+    let existing = Prepared {
+        existing: true,
+        upgrade: None,
+    };
     match inspect(data)? {
-        DataDir::Initialised => {
-            check_version(data, bins)?;
-            tracing::info!(
-                "PostgreSQL data directory {} already holds a database; skipping initialisation",
-                data.display()
-            );
-            Ok(())
-        }
+        DataDir::Upgrade => match upgrade::resume(settings)? {
+            Resumed::Forward(finish) => {
+                // Finished with other binaries than the upgrade's own (a downgrade, say):
+                // said here rather than by the server.
+                check_version(data, bins, false)?;
+                Ok(Prepared {
+                    existing: true,
+                    upgrade: Some(finish),
+                })
+            }
+            Resumed::RolledBack | Resumed::Done => initialised(settings, bins, steps).await,
+        },
+        DataDir::Initialised => initialised(settings, bins, steps).await,
         DataDir::Moved => {
             remove_marker(data)?;
             tracing::info!(
                 "the previous first start of {} had put every file in place when it was cut short; completed it",
                 data.display()
             );
-            Ok(())
+            Ok(existing)
         }
         DataDir::Legacy => Err(SetupError::Other(format!(
             "a previous first start of {} did not finish (initdb ran but the initialisation scripts or \
@@ -155,11 +181,42 @@ pub async fn prepare(
                 data.display()
             );
             remove_interrupted(settings)?;
-            first_start(settings, bins, steps).await
+            first_start(settings, bins, steps).await?;
+            Ok(Prepared::default())
         }
         DataDir::Empty => {
             check_password(settings)?;
-            first_start(settings, bins, steps).await
+            first_start(settings, bins, steps).await?;
+            Ok(Prepared::default())
+        }
+    }
+}
+
+/// An initialised PGDATA: served when its major is the binaries', upgraded when older and
+/// the upgrade is enabled, refused otherwise.
+async fn initialised(
+    settings: &Settings,
+    bins: &Binaries,
+    steps: &Steps,
+) -> Result<Prepared, SetupError> {
+    let data = &settings.data_dir;
+    match check_version(data, bins, settings.upgrade.enabled)? {
+        Version::Same => {
+            tracing::info!(
+                "PostgreSQL data directory {} already holds a database; skipping initialisation",
+                data.display()
+            );
+            Ok(Prepared {
+                existing: true,
+                upgrade: None,
+            })
+        }
+        Version::Older { theirs, ours } => {
+            let finish = upgrade::upgrade(settings, bins, steps, &theirs, &ours).await?;
+            Ok(Prepared {
+                existing: true,
+                upgrade: Some(finish),
+            })
         }
     }
 }
@@ -172,17 +229,28 @@ fn shorten(names: &[String]) -> String {
     shown.join(", ")
 }
 
+/// How PGDATA's major compares with the binaries'.
+#[derive(Debug, PartialEq, Eq)]
+enum Version {
+    Same,
+    /// Older, and the upgrade is enabled.
+    Older {
+        theirs: String,
+        ours: String,
+    },
+}
+
 /// The major version that made PGDATA must be the binaries' own: a server refuses the files
 /// of another major, with a line buried in its log. Said up front instead, with the fix;
-/// nothing is started and nothing on disk changes.
-fn check_version(data: &Path, bins: &Binaries) -> Result<(), String> {
+/// nothing is started and nothing on disk changes. An older one may be upgraded.
+fn check_version(data: &Path, bins: &Binaries, upgrade: bool) -> Result<Version, String> {
     let file = data.join("PG_VERSION");
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let made_by = text.trim();
     let ours = major(&bins.version);
     let (Some(theirs_n), Some(ours_n)) = (major_number(made_by), major_number(&ours)) else {
-        return Ok(()); // An unusual version string: let the server judge.
+        return Ok(Version::Same); // An unusual version string: let the server judge.
     };
     let dir = data.display();
     if theirs_n > ours_n {
@@ -193,14 +261,21 @@ fn check_version(data: &Path, bins: &Binaries) -> Result<(), String> {
         ));
     }
     if theirs_n < ours_n {
+        if upgrade {
+            return Ok(Version::Older {
+                theirs: made_by.to_string(),
+                ours,
+            });
+        }
         return Err(format!(
             "PGDATA {dir} was initialised by PostgreSQL {made_by}, and these binaries ({}) are PostgreSQL {ours}: \
-             upgrade the directory first (pg_upgrade, with PostgreSQL {made_by}'s binaries installed beside these), \
-             or dump it with PostgreSQL {made_by} and restore it into an empty PGDATA; nothing was changed",
+             set TANDEM_PG_UPGRADE=auto to upgrade it in place with pg_upgrade (PostgreSQL {made_by}'s binaries \
+             installed beside these, or TANDEM_PG_OLD_BINDIR), or dump it with PostgreSQL {made_by} and restore it \
+             into an empty PGDATA; nothing was changed",
             bins.dir.display()
         ));
     }
-    Ok(())
+    Ok(Version::Same)
 }
 
 /// "15.18" -> "15", "9.6.24" -> "9.6", "17" -> "17".
@@ -915,6 +990,66 @@ EOSQL
         );
     }
 
+    /// Password drift against a real server: the stored SCRAM verifier matches the password
+    /// initdb was given and no other; with TANDEM_PG_SYNC_PASSWORD=on the new one is stored
+    /// (as a SCRAM verifier) and works over TCP, the old one no longer.
+    #[tokio::test]
+    async fn a_drifted_password_is_found_in_the_stored_verifier_and_synced() {
+        use crate::postgres::password::{check, Drift};
+        if !Uid::effective().is_root() {
+            testutil::skip("needs root to run PostgreSQL as the postgres user");
+            return;
+        }
+        crate::logs::init(false);
+        let root = TempDir::new("drift");
+        let env = env_for(
+            root.path(),
+            &[
+                ("POSTGRES_USER", "drift user"),
+                ("POSTGRES_PASSWORD", "first pw"),
+            ],
+        );
+        let (mut settings, bins) = setup(&env);
+        let prepared = prepare(&settings, &bins, &steps()).await.unwrap();
+        assert!(!prepared.existing, "a first start");
+        let (server, _, _) = Server::start(&settings, &bins).await;
+        let t = Instant::now();
+        assert_eq!(check(&settings).await, Drift::Same);
+        eprintln!(
+            "timings: the password check {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        let t = Instant::now();
+        assert_eq!(check(&settings).await, Drift::Same);
+        eprintln!(
+            "timings: again, warm {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        settings.password = Some("second pw".into());
+        assert_eq!(check(&settings).await, Drift::Differs { synced: false });
+        connect_tcp(&settings, "first pw").await.unwrap();
+        assert!(
+            connect_tcp(&settings, "second pw").await.is_err(),
+            "nothing was changed"
+        );
+        settings.sync_password = true;
+        assert_eq!(check(&settings).await, Drift::Differs { synced: true });
+        assert_eq!(check(&settings).await, Drift::Same);
+        let client = connect_tcp(&settings, "second pw").await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .unwrap();
+        let stored: String = row.get(0);
+        assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+        assert!(connect_tcp(&settings, "first pw").await.is_err());
+        drop(client);
+        assert_eq!(server.stop().await, Exit::Code(0));
+    }
+
     /// Where the time goes between spawn and ready; run with
     /// `cargo test --lib readiness_timings -- --ignored --nocapture`.
     #[tokio::test]
@@ -1092,21 +1227,67 @@ EOSQL
         };
         let root = TempDir::new("version");
         write(&root.path().join("PG_VERSION"), b"17\n", 0o600);
-        let err = check_version(root.path(), &bins("15")).unwrap_err();
+        let err = check_version(root.path(), &bins("15"), true).unwrap_err();
         assert!(
             err.contains("initialised by PostgreSQL 17") && err.contains("cannot be downgraded"),
             "{err}"
         );
         write(&root.path().join("PG_VERSION"), b"13\n", 0o600);
-        let err = check_version(root.path(), &bins("15.18")).unwrap_err();
+        let err = check_version(root.path(), &bins("15.18"), false).unwrap_err();
         assert!(
             err.contains("PostgreSQL 13")
-                && err.contains("pg_upgrade")
+                && err.contains("TANDEM_PG_UPGRADE=auto")
                 && err.contains("nothing was changed"),
             "{err}"
         );
+        assert_eq!(
+            check_version(root.path(), &bins("15.18"), true),
+            Ok(Version::Older {
+                theirs: "13".into(),
+                ours: "15".into()
+            })
+        );
         write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
-        assert_eq!(check_version(root.path(), &bins("15")), Ok(()));
+        assert_eq!(
+            check_version(root.path(), &bins("15"), false),
+            Ok(Version::Same)
+        );
+    }
+
+    /// What the version guard adds to a normal start: looking for an upgrade's directory
+    /// (part of `inspect`) and reading PG_VERSION against the binaries' major. Run with
+    /// `cargo test --release --lib version_guard_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn version_guard_cost() {
+        let root = TempDir::new("guard");
+        write(&root.path().join("PG_VERSION"), b"15\n", 0o600);
+        let bins = Binaries {
+            dir: "/usr/lib/postgresql/15/bin".into(),
+            version: "15".into(),
+            source: "test",
+        };
+        let once = || {
+            assert!(!root.path().join(UPGRADE_DIR).is_dir());
+            assert_eq!(check_version(root.path(), &bins, false), Ok(Version::Same));
+        };
+        for _ in 0..100 {
+            once();
+        }
+        let mut rounds: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..1000 {
+                    once();
+                }
+                t.elapsed().as_secs_f64() * 1e6 / 1000.0
+            })
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        eprintln!(
+            "version guard: {:.1} us per start (median of 20 rounds of 1000; {:.1}-{:.1} us), target < 1000 us",
+            rounds[10], rounds[0], rounds[19]
+        );
     }
 
     #[test]

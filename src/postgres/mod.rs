@@ -5,6 +5,10 @@
 //! - `dirs`: PGDATA, the socket and WAL directories and their owner, on every start.
 //! - [`first_start`]: initdb, a temporary socket-only server, POSTGRES_DB, safe against a
 //!   kill at any moment ([`prepare`]); `scripts`: `/docker-entrypoint-initdb.d`.
+//! - [`upgrade`]: a data directory of an older major upgraded in place with pg_upgrade,
+//!   crash-safe (`TANDEM_PG_UPGRADE=auto`).
+//! - [`password`]: whether the superuser's stored password is still POSTGRES_PASSWORD, and
+//!   setting it when asked (`TANDEM_PG_SYNC_PASSWORD=on`).
 //! - [`steps`]: how the set-up reports each process it starts to the supervisor.
 //! - [`ready`]: `postmaster.pid` watched with inotify, then one protocol round trip
 //!   ([`wait_ready`]).
@@ -17,10 +21,12 @@ use crate::process::ChildSpec;
 pub mod binaries;
 mod dirs;
 pub mod first_start;
+pub mod password;
 pub mod ready;
 mod scripts;
 pub mod settings;
 pub mod steps;
+pub mod upgrade;
 
 pub use binaries::{locate_binaries, Binaries};
 pub use first_start::prepare;

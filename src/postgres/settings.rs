@@ -89,6 +89,44 @@ pub struct Settings {
     pub server_settings: Vec<(String, String)>,
     /// Who PostgreSQL runs as: the `postgres` user when tandem is root, else `None` (ourselves).
     pub os_user: Option<Identity>,
+    /// What to do with a data directory an older major made (TANDEM_PG_UPGRADE and its kin).
+    pub upgrade: Upgrade,
+    /// TANDEM_PG_SYNC_PASSWORD: on an existing directory whose superuser's stored password
+    /// is not POSTGRES_PASSWORD, set it to POSTGRES_PASSWORD (otherwise only warn).
+    pub sync_password: bool,
+}
+
+/// The assisted major upgrade's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// TANDEM_PG_UPGRADE=auto: upgrade a data directory of an older major with pg_upgrade.
+    pub enabled: bool,
+    /// TANDEM_PG_OLD_BINDIR: the older major's programs (default
+    /// `/usr/lib/postgresql/OLD/bin`).
+    pub old_bin_dir: Option<PathBuf>,
+    /// TANDEM_PG_UPGRADE_MODE: hard links when old and new share a filesystem, or forced.
+    pub mode: UpgradeMode,
+    /// TANDEM_PG_UPGRADE_KEEP_OLD=on: keep the old cluster's files after the new one started.
+    pub keep_old: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeMode {
+    /// `--link` when both clusters are on one filesystem, `--copy` otherwise.
+    Auto,
+    Link,
+    Copy,
+}
+
+impl Default for Upgrade {
+    fn default() -> Self {
+        Upgrade {
+            enabled: false,
+            old_bin_dir: None,
+            mode: UpgradeMode::Auto,
+            keep_old: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -107,6 +145,8 @@ impl std::fmt::Debug for Settings {
             .field("bin_dir", &self.bin_dir)
             .field("server_settings", &self.server_settings)
             .field("os_user", &self.os_user.as_ref().map(|i| &i.name))
+            .field("upgrade", &self.upgrade)
+            .field("sync_password", &self.sync_password)
             .finish()
     }
 }
@@ -188,6 +228,31 @@ impl Settings {
             None
         };
 
+        let upgrade = Upgrade {
+            enabled: match plain("TANDEM_PG_UPGRADE").as_deref() {
+                None | Some("off") => false,
+                Some("auto") => true,
+                Some(v) => {
+                    return Err(format!(
+                        "TANDEM_PG_UPGRADE={v:?}: use auto (upgrade a data directory of an older PostgreSQL with pg_upgrade) or off"
+                    ))
+                }
+            },
+            old_bin_dir: plain("TANDEM_PG_OLD_BINDIR").map(PathBuf::from),
+            mode: match plain("TANDEM_PG_UPGRADE_MODE").as_deref() {
+                None | Some("auto") => UpgradeMode::Auto,
+                Some("link") => UpgradeMode::Link,
+                Some("copy") => UpgradeMode::Copy,
+                Some(v) => {
+                    return Err(format!(
+                        "TANDEM_PG_UPGRADE_MODE={v:?}: use auto (hard links on one filesystem), link or copy"
+                    ))
+                }
+            },
+            keep_old: switch(env, "TANDEM_PG_UPGRADE_KEEP_OLD")?,
+        };
+        let sync_password = switch(env, "TANDEM_PG_SYNC_PASSWORD")?;
+
         Ok(Settings {
             data_dir,
             port,
@@ -202,12 +267,23 @@ impl Settings {
             bin_dir: None,
             server_settings: Vec::new(),
             os_user,
+            upgrade,
+            sync_password,
         })
     }
 
     /// The path of the server's Unix socket.
     pub fn socket_path(&self) -> PathBuf {
         self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
+    }
+}
+
+/// An `on`/`off` variable (unset: off).
+fn switch(env: &HashMap<String, String>, name: &str) -> Result<bool, String> {
+    match env.get(name).map(String::as_str) {
+        None | Some("") | Some("off") => Ok(false),
+        Some("on") => Ok(true),
+        Some(v) => Err(format!("{name}={v:?}: use on or off")),
     }
 }
 

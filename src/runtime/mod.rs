@@ -87,6 +87,9 @@ pub async fn run(
     // Every process group a service or a set-up step led, for the sweep at exit.
     let mut groups: Vec<Pid> = Vec::new();
     let mut probes = vec![ProbeStats::default(); plan.services.len()];
+    // Whether a service other than the embedded database has started: work that must not
+    // compete with the app's start (the analyze after an upgrade) waits for it.
+    let (others_started, others_rx) = tokio::sync::watch::channel(plan.services.len() < 2);
     let plan = Arc::new(plan);
 
     sup.start(origin);
@@ -94,7 +97,7 @@ pub async fn run(
         publish(&mut sup, &log, &plan);
         while let Some(action) = sup.poll_action() {
             match action {
-                Action::Start(id) => start(id, &plan, &reaper, &tx, &cancels[id]),
+                Action::Start(id) => start(id, &plan, &reaper, &tx, &cancels[id], &others_rx),
                 Action::Signal { id, signal, to } => send(sup.name(id), signal, to),
                 Action::CancelSetup(id) => cancels[id].store(true, Ordering::Relaxed),
                 Action::Probe(id) => probe(id, &plan, &prober, &tx),
@@ -112,7 +115,13 @@ pub async fn run(
             ev = events.recv() => {
                 let Some(ev) = ev else { return EXIT_START_FAILED };
                 match &ev {
-                    Event::Started { pid, .. } | Event::StepStarted { pid, .. } => groups.push(*pid),
+                    Event::Started { id, pid } => {
+                        groups.push(*pid);
+                        if !matches!(plan.services[*id].launch, Launch::Postgres(_)) {
+                            others_started.send_replace(true);
+                        }
+                    }
+                    Event::StepStarted { pid, .. } => groups.push(*pid),
                     // A group that is empty now needs no sweep (and its id may be reused).
                     Event::Exited { .. } | Event::StepExited { .. } => {
                         groups.retain(|g| nix::sys::signal::kill(Pid::from_raw(-g.as_raw()), None) != Err(Errno::ESRCH));
@@ -164,6 +173,7 @@ fn start(
     reaper: &Reaper,
     tx: &mpsc::UnboundedSender<Event>,
     cancel: &Arc<AtomicBool>,
+    others_started: &tokio::sync::watch::Receiver<bool>,
 ) {
     let name = plan.services[id].spec.name.clone();
     match &plan.services[id].launch {
@@ -172,11 +182,12 @@ fn start(
             let plan = Arc::clone(plan);
             let tx = tx.clone();
             let steps = Steps::new(id, tx.clone(), Arc::clone(cancel), reaper.clone());
+            let others_started = others_started.clone();
             tokio::spawn(async move {
                 let Launch::Postgres(pg) = &plan.services[id].launch else {
                     return;
                 };
-                start_postgres(id, &name, pg, steps, &tx).await;
+                start_postgres(id, &name, pg, steps, &tx, others_started).await;
             });
         }
         // Nothing to start: the supervisor probes it.
@@ -231,14 +242,16 @@ fn start_command(
     }
 }
 
-/// Prepares PGDATA (the first start's steps reported as they run), starts the server, and
-/// reports it ready once the postmaster says so and a protocol round trip works.
+/// Prepares PGDATA (the first start's or an upgrade's steps reported as they run), starts
+/// the server, and reports it ready once the postmaster says so, a protocol round trip works
+/// and the stored password was compared with POSTGRES_PASSWORD (and set, when asked).
 async fn start_postgres(
     id: Id,
     name: &str,
     pg: &PostgresPlan,
     steps: Steps,
     tx: &mpsc::UnboundedSender<Event>,
+    others_started: tokio::sync::watch::Receiver<bool>,
 ) {
     let fail = |reason: String| {
         let _ = tx.send(Event::StartFailed {
@@ -256,9 +269,10 @@ async fn start_postgres(
     if let Err(e) = check_port_free(pg.settings.port) {
         return fail(e);
     }
-    if let Err(e) = postgres::prepare(&pg.settings, &pg.bins, &steps).await {
-        return fail(e.message().to_string());
-    }
+    let prepared = match postgres::prepare(&pg.settings, &pg.bins, &steps).await {
+        Ok(p) => p,
+        Err(e) => return fail(e.message().to_string()),
+    };
     if let Err(SetupError::Interrupted(e)) = steps.check() {
         return fail(e);
     }
@@ -275,7 +289,23 @@ async fn start_postgres(
     let mut exit = spawned.exit;
     tokio::select! {
         ready = postgres::wait_ready(&pg.settings, pid) => match ready {
-            Ok(()) => { let _ = tx.send(Event::Ready { id }); }
+            Ok(()) => {
+                // A password to store goes in before the app logs in with it; one that is
+                // only compared is compared beside the app's start (about 10 ms: a
+                // backend's start and the SCRAM key derivation), off the critical path.
+                if prepared.existing && pg.settings.sync_password {
+                    postgres::password::check(&pg.settings).await;
+                }
+                let _ = tx.send(Event::Ready { id });
+                if prepared.existing && !pg.settings.sync_password {
+                    let settings = pg.settings.clone();
+                    tokio::spawn(async move { postgres::password::check(&settings).await });
+                }
+                if let Some(finish) = prepared.upgrade {
+                    let (reaper, pg) = (steps.reaper().clone(), pg.clone());
+                    tokio::spawn(after_upgrade(finish, pg, reaper, others_started));
+                }
+            }
             // The supervisor stops it through its ladder.
             Err(e) => fail(format!("{name} cannot be watched for readiness: {e}")),
         },
@@ -288,6 +318,46 @@ async fn start_postgres(
         }
     }
     forward_exit(id, exit, output, tx);
+}
+
+/// After an upgrade's new server is ready: the old files go, then, once the app has started,
+/// the planner's statistics are rebuilt in the background (`vacuumdb --analyze-in-stages`),
+/// which readiness never waits for.
+async fn after_upgrade(
+    finish: postgres::upgrade::Finish,
+    pg: PostgresPlan,
+    reaper: Reaper,
+    mut others_started: tokio::sync::watch::Receiver<bool>,
+) {
+    let spec = finish.analyze_spec(&pg.settings, &pg.bins);
+    match tokio::task::spawn_blocking(move || finish.clean_up()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("{e}"),
+        Err(e) => tracing::warn!("cleaning up after the upgrade: {e}"),
+    }
+    if others_started.wait_for(|started| *started).await.is_err() {
+        return;
+    }
+    let began = Instant::now();
+    tracing::info!("the upgrade carried no planner statistics over: vacuumdb --all --analyze-in-stages in the background");
+    let mut spawned = match reaper.spawn(spec) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("cannot run vacuumdb after the upgrade: {e}"),
+    };
+    let output = logs::pump_spawned(postgres::SERVICE, &mut spawned);
+    let exit = spawned.exit.await;
+    output.wait(logs::LAST_WORDS).await;
+    match exit {
+        Ok(e) if e.success() => tracing::info!(
+            "vacuumdb --analyze-in-stages done in {:.1} s",
+            began.elapsed().as_secs_f64()
+        ),
+        Ok(e) => tracing::warn!(
+            "vacuumdb --analyze-in-stages {}; the planner lacks statistics until it runs (vacuumdb --all --analyze-in-stages)",
+            e.ended()
+        ),
+        Err(_) => {}
+    }
 }
 
 /// Runs a service's probe in the background and reports the answer as an event.

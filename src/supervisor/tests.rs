@@ -952,6 +952,59 @@ fn sigterm_during_initdb_kills_it_at_once_and_exits() {
     assert_eq!(h.log.last(), Some(&(403 * MS, Action::Exit { code: 0 })));
 }
 
+/// An upgrade is steps like a first start's: healthcheck names the one that runs (the
+/// step's own name, "upgrading 15 -> 17: ..."), none has a deadline of its own but initdb's,
+/// and a SIGTERM during pg_upgrade (a scratch step: what it makes is redone by the next
+/// start) kills its group at once and exits.
+#[test]
+fn an_upgrade_is_steps_and_a_sigterm_during_pg_upgrade_kills_it_at_once() {
+    let mut h = Harness::pair();
+    let detail = |h: &Harness| {
+        h.sup.verdict(&[None, None], h.now).services[PG]
+            .detail
+            .clone()
+    };
+    let reading = step(
+        "upgrading 15 -> 17: reading the old cluster",
+        StepKind::Task,
+        None,
+    );
+    h.at(10 * MS, step_started(PG, reading, 40));
+    assert_eq!(
+        detail(&h).as_deref(),
+        Some("upgrading 15 -> 17: reading the old cluster")
+    );
+    h.at(300 * MS, step_exited(PG, 40, Exit::Code(0)));
+    let initdb = step(
+        "upgrading 15 -> 17: initdb",
+        StepKind::Scratch,
+        Some(Duration::from_secs(300)),
+    );
+    h.at(310 * MS, step_started(PG, initdb, 50));
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(h.t0 + 310 * MS + Duration::from_secs(300))
+    );
+    h.at(1500 * MS, step_exited(PG, 50, Exit::Code(0)));
+    let upgrade = step(
+        "upgrading 15 -> 17: pg_upgrade --link",
+        StepKind::Scratch,
+        None,
+    );
+    h.at(1510 * MS, step_started(PG, upgrade, 60));
+    assert_eq!(h.sup.next_deadline(), None, "pg_upgrade may take its time");
+    assert_eq!(
+        detail(&h).as_deref(),
+        Some("upgrading 15 -> 17: pg_upgrade --link")
+    );
+    h.at(4000 * MS, Event::Signal(Signal::SIGTERM));
+    assert_eq!(h.when(&Action::CancelSetup(PG)), Some(4000 * MS));
+    assert_eq!(h.when(&to_group(PG, 60, Signal::SIGKILL)), Some(4000 * MS));
+    h.at(4002 * MS, step_exited(PG, 60, Exit::Signal(9)));
+    gave_up(&mut h, 4003);
+    assert_eq!(h.log.last(), Some(&(4003 * MS, Action::Exit { code: 0 })));
+}
+
 #[test]
 fn sigterm_during_a_script_stops_its_group_then_the_temporary_server() {
     let mut h = Harness::pair();

@@ -117,6 +117,9 @@ impl ServiceHealth {
     }
 }
 
+/// Why a service in [`Phase::Waiting`] is not running.
+pub const WAITING: &str = "waiting for its dependencies";
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -152,12 +155,9 @@ pub fn judge(st: &ServiceStatus, fresh: Option<&ProbeReport>) -> ServiceHealth {
                 None => "restarting".into(),
             }),
         ),
-        Phase::Waiting => ServiceHealth::without_probe(
-            st,
-            false,
-            S::NotRunning,
-            Some("waiting for its dependencies".into()),
-        ),
+        Phase::Waiting => {
+            ServiceHealth::without_probe(st, false, S::NotRunning, Some(WAITING.into()))
+        }
         Phase::Stopping => {
             ServiceHealth::without_probe(st, false, S::NotRunning, Some("stopping".into()))
         }
