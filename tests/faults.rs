@@ -8,8 +8,9 @@
 //! - a writer committing one row per transaction across a SIGTERM;
 //! - SIGKILL to the app, to the postmaster, to tandem itself (PID 1, `docker kill`);
 //! - apps that ignore SIGTERM, leave a setsid daemon, or leave a process tree and exit;
-//! - a signal storm; control-socket abuse; a corpus of bad environments and configs;
-//! - the password in no argv, log, status or file.
+//! - a signal storm; control-socket and HTTP-endpoint abuse; a corpus of bad environments
+//!   and configs;
+//! - the password in no argv, log, status, event, metric or file.
 //!
 //! Longer runs: `FAULTS_PID1_CYCLES`, `FAULTS_DOCKER_CYCLES`, `FAULTS_SIGNALS` (and
 //! `TANDEM_FUZZ_CASES` for the parsers' fuzz tests in src/config).
@@ -20,6 +21,7 @@ mod support;
 mod docker_support;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -648,6 +650,16 @@ fn cli(sandbox: &Sandbox, args: &[&str]) -> (Option<i32>, String, Duration) {
     (out.status.code(), text, took)
 }
 
+/// Tells abuser threads to stop when dropped, so that a failing check (a panic inside a
+/// `thread::scope`) ends the scope instead of waiting forever for them.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: Pid) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -794,8 +806,8 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
             for abuse in &abusers {
                 s.spawn(|| abuse(&stop));
             }
+            let _stop = StopOnDrop(&stop);
             checks(phase, 10);
-            stop.store(true, Ordering::Relaxed);
         });
     }
     let rss_max = rss_max.load(Ordering::Relaxed);
@@ -1266,8 +1278,10 @@ fn the_password_is_in_no_argv_log_status_or_file() {
     }
     let sandbox = Sandbox::new("secrets");
     let password = fresh_password("faults");
+    let http_addr = format!("127.0.0.1:{}", free_port());
     let mut env = sandbox.env_with_db();
     env.set("POSTGRES_PASSWORD", &password)
+        .set("TANDEM_HTTP", &http_addr)
         .set("TANDEM_LOG", "debug")
         .set("TANDEM_APP_HEALTH_URL", &sandbox.app_url("/health"))
         .set(
@@ -1313,6 +1327,33 @@ fn the_password_is_in_no_argv_log_status_or_file() {
         ] {
             let (_, out, _) = cli(&sandbox, args);
             outputs.push((format!("tandem {}", args.join(" ")), out));
+        }
+        for path in ["/metrics", "/readyz", "/healthz"] {
+            match http_get(&http_addr, path) {
+                Ok((200, body)) => outputs.push((format!("GET {path}"), body)),
+                other => tandem.fail(&format!("GET {path}: {other:?}")),
+            }
+        }
+        // `tandem events` prints the history, then waits: `timeout` ends it.
+        for json in [false, true] {
+            let mut events = Command::new("timeout");
+            events.args(["2"]).arg(tandem_bin()).arg("events");
+            if json {
+                events.arg("--json");
+            }
+            let out = events
+                .env_clear()
+                .env("PATH", PATH)
+                .env("TANDEM_SOCKET", &sandbox.control_socket)
+                .output()
+                .expect("cannot run tandem events");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !text.contains("all_healthy") && !text.contains("healthy after") {
+                tandem.fail(&format!(
+                    "tandem events (json {json}) missed the start:\n{text}"
+                ));
+            }
+            outputs.push((format!("tandem events (json {json})"), text));
         }
         assert_eq!(tandem.stop(), 0, "{run}: exit code after SIGTERM");
         let (n, hits) = argv.finish();
@@ -1360,21 +1401,233 @@ fn the_password_is_in_no_argv_log_status_or_file() {
     }
     survived(&format!(
         "the password in none of {scans} scans of every /proc/*/cmdline over a first and a \
-         second start, nor in the plain or JSON debug logs, {} CLI outputs (status, status \
-         --json, healthcheck --json, check), nor in any file of the sandbox (PGDATA included) \
-         or new in /tmp, /var/tmp, /dev/shm or /run",
+         second start, nor in the plain or JSON debug logs, {} outputs (status, status \
+         --json, healthcheck --json, check, tandem events plain and JSON, /metrics, /readyz, \
+         /healthz), nor in any file of the sandbox (PGDATA included) or new in /tmp, \
+         /var/tmp, /dev/shm or /run",
         outputs.len()
     ));
 }
 
 // ---------------------------------------------------------------------------------------------
-// The HTTP endpoint (`TANDEM_HTTP`: /healthz, /readyz, /metrics) and `tandem events` (issue 11)
+// The HTTP endpoint (`TANDEM_HTTP`: /healthz, /readyz, /metrics)
 //
-// Their abuse and secret checks go here once they exist: /metrics and `tandem events` (human
-// and JSON) never show the password (extend the outputs checked by
-// `the_password_is_in_no_argv_log_status_or_file`), and the HTTP listener keeps answering
-// /readyz while idle connections, huge requests and churn hit it (as
-// `control_socket_abuse_never_keeps_a_healthcheck_out` does for the socket).
+// Its secrets are checked with the others above (/metrics, /readyz, /healthz and `tandem
+// events`, human and JSON, in `the_password_is_in_no_argv_log_status_or_file`).
+
+/// One HTTP/1.1 GET on a fresh connection (`Connection: close`): (status, body).
+fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let status = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+/// How much tandem's memory may grow under HTTP abuse: the endpoint keeps at most 256
+/// connections, each with at most an 8 KiB head.
+const HTTP_ABUSE_RSS_GROWTH_KIB: u64 = 8 * 1024;
+
+/// The HTTP endpoint of a real PID-1 tandem under abuse: 1 000 connections held open and
+/// silent, slowloris clients trickling a head, 10 MB bodies, garbage and oversized heads,
+/// and connections opened and closed as fast as possible. Throughout, `/readyz` answers 200
+/// and `tandem healthcheck` healthy, supervision goes on (the app is restarted when killed),
+/// and tandem's memory stays within [`HTTP_ABUSE_RSS_GROWTH_KIB`].
+#[test]
+fn http_endpoint_abuse_never_keeps_readyz_or_healthcheck_out() {
+    if !can_run_postgres_as_pid1() {
+        return;
+    }
+    let sandbox = Sandbox::new("http-abuse");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = sandbox.env_with_db();
+    env.set("TANDEM_APP_HEALTH_URL", &sandbox.app_url("/health"))
+        .set("TANDEM_APP_RESTART", "on-failure")
+        .set("TANDEM_HTTP", &addr);
+    let mut tandem = Tandem::start(&env);
+    tandem.wait_app_ready();
+    let ready = || http_get(&addr, "/readyz");
+    if poll_until(SHORT_TIMEOUT, || (ready().ok()?.0 == 200).then_some(())).is_none() {
+        tandem.fail(&format!(
+            "/readyz never 200 before the abuse: {:?}",
+            ready()
+        ));
+    }
+    let pid = tandem.pid();
+    let rss_before = rss_kib(pid);
+    let rss_max = AtomicU64::new(rss_before);
+    let times = Mutex::new(Vec::<(String, Vec<Duration>)>::new());
+    let checks = |phase: &str, n: usize| {
+        times.lock().unwrap().push((phase.to_string(), Vec::new()));
+        for _ in 0..n {
+            let started = Instant::now();
+            match ready() {
+                Ok((200, body)) if body.starts_with("healthy") => {}
+                other => tandem.fail(&format!("{phase}: /readyz said {other:?}")),
+            }
+            let took = started.elapsed();
+            let (code, line, _) = cli(
+                &sandbox,
+                &["healthcheck", "--timeout", ABUSED_HEALTHCHECK_TIMEOUT],
+            );
+            if code != Some(0) {
+                tandem.fail(&format!("{phase}: healthcheck said {code:?} {line:?}"));
+            }
+            times.lock().unwrap().last_mut().unwrap().1.push(took);
+            rss_max.fetch_max(rss_kib(pid), Ordering::Relaxed);
+        }
+    };
+    let connect = || TcpStream::connect(&addr);
+
+    let idle: Vec<TcpStream> = (0..1000).filter_map(|_| connect().ok()).collect();
+    let held = idle.len();
+    checks("1000 silent connections", 20);
+    drop(idle);
+
+    let (slow, big, garbage, churned) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    // Slowloris: a head one byte at a time, never finished.
+    let slowloris = |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut c) = connect() else { continue };
+            slow.fetch_add(1, Ordering::Relaxed);
+            for b in b"GET /readyz HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+                if stop.load(Ordering::Relaxed) || c.write_all(&[*b]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    // A 10 MB body after a complete head: answered and closed, the body never read whole.
+    let big_body = |stop: &AtomicBool| {
+        let chunk = vec![b'x'; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut c) = connect() else { continue };
+            let _ = c.write_all(b"POST /readyz HTTP/1.1\r\nContent-Length: 10485760\r\n\r\n");
+            for _ in 0..160 {
+                if c.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            big.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    // Garbage: binary, a bad request line, a head far over 8 KiB; each gets 400 or a close.
+    let junk = |stop: &AtomicBool| {
+        let huge = format!(
+            "GET /readyz HTTP/1.1\r\nX: {}\r\n\r\n",
+            "y".repeat(64 * 1024)
+        );
+        let heads: [&[u8]; 4] = [
+            b"\xff\xfe\x00\x01\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"BREW /coffee HTCPCP/1.0\r\n\r\n",
+            huge.as_bytes(),
+        ];
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut c) = connect() else { continue };
+            let _ = c.write_all(heads[i % heads.len()]);
+            let mut answer = String::new();
+            let _ = c.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                tandem.fail(&format!("garbage answered 200: {answer:?}"));
+            }
+            garbage.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+        }
+    };
+    let churn = |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            if connect().is_ok() {
+                churned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    type Abuser<'a> = &'a (dyn Fn(&AtomicBool) + Sync);
+    let phases: [(&str, Vec<Abuser>); 5] = [
+        ("20 slowloris clients", vec![&slowloris; 20]),
+        ("4 clients sending 10 MB bodies", vec![&big_body; 4]),
+        ("garbage and 64 KiB heads", vec![&junk; 2]),
+        ("connections opened and closed", vec![&churn; 2]),
+        (
+            "all of these at once",
+            vec![&slowloris, &slowloris, &slowloris, &big_body, &junk, &churn],
+        ),
+    ];
+    for (phase, abusers) in phases {
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            for abuse in &abusers {
+                s.spawn(|| abuse(&stop));
+            }
+            let _stop = StopOnDrop(&stop);
+            checks(phase, 10);
+            if phase == "all of these at once" {
+                // Supervision goes on: the app killed under the abuse is restarted.
+                let _ = http("POST", &sandbox.app_url("/kill-self?signal=9"));
+                // Back when /readyz says so again (the app's probe passed).
+                let back = poll_until(START_TIMEOUT, || {
+                    let again = tandem.log.count(APP_READY) >= 2;
+                    (again && matches!(ready(), Ok((200, _)))).then_some(())
+                });
+                if back.is_none() {
+                    tandem.fail("the app killed under the abuse was not restarted");
+                }
+                checks("after the app's restart, under all of it", 5);
+            }
+        });
+    }
+    let rss_max = rss_max.load(Ordering::Relaxed);
+    if rss_max > rss_before + HTTP_ABUSE_RSS_GROWTH_KIB {
+        tandem.fail(&format!(
+            "tandem grew from {rss_before} KiB to {rss_max} KiB under the HTTP abuse"
+        ));
+    }
+    assert_eq!(tandem.stop(), 0);
+    tandem.assert_clean_postgres_stop();
+    tandem.assert_no_panic();
+    let times: Vec<String> = times
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|(phase, mut t)| {
+            t.sort();
+            format!(
+                "{phase}: {} x 200, median {:.1?}, max {:.1?}",
+                t.len(),
+                t[t.len() / 2],
+                t[t.len() - 1]
+            )
+        })
+        .collect();
+    survived(&format!(
+        "HTTP endpoint of a debug-build PID 1: {held} silent connections, {} slowloris clients, \
+         {} tries to send 10 MB, {} garbage or oversized heads, {} connections opened and \
+         closed, the app killed and restarted meanwhile; /readyz ({}); tandem RSS \
+         {rss_before} KiB before, {rss_max} KiB at most",
+        slow.into_inner(),
+        big.into_inner(),
+        garbage.into_inner(),
+        churned.into_inner(),
+        times.join("; "),
+    ));
+}
 
 // ---------------------------------------------------------------------------------------------
 // In the real Docker engine
