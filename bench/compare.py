@@ -333,20 +333,24 @@ def rounds(names, runs, warmup, one, label):
     for i in range(warmup + runs):
         k = i % len(names)
         order = names[k:] + names[:k]
+        got = {}
         for n in order:
             try:
-                r = one(n)
+                got[n] = one(n)
+            except Skip:
+                continue
             except Exception as e:  # reported, never dropped silently
                 failures.append(f"{label} round {i + 1} {n}: {e}")
                 log(f"{label} round {i + 1} {n} FAILED: {e}")
-                lc.sweep()
+                left = lc.sweep(quiet=True)
+                if left:
+                    log(f"{label}: killed and reaped {len(left)} processes left behind")
                 continue
             if i >= warmup:
-                out[n].append(r)
+                out[n].append(got[n])
         tag = "warm-up" if i < warmup else f"round {i - warmup + 1}/{runs}"
-        log(f"{label} {tag}: " + ", ".join(
-            f"{n} {fmt_ms(out[n][-1].get('start'))}/{fmt_ms(out[n][-1].get('stop'))}"
-            for n in order if out[n] and i >= warmup))
+        log(f"{label} {tag} (ms start/stop): " + ", ".join(
+            f"{n} {fmt_ms(got[n].get('start'))}/{fmt_ms(got[n].get('stop'))}" for n in order if n in got))
     return out, failures
 
 
@@ -514,7 +518,7 @@ def phase_steady(b, args):
             # tini's work is split with the shell that waits for the app: count both
             pids[n] = [pid1] + ([k for k in kids_of(pid1)] if n == "tini" else [])
             t0[n] = [lc.cpu_ticks(p) for p in pids[n]]
-            res[n] = {"rss": [], "pids": pids[n]}
+            res[n] = {"rss": [], "rss_pid1": [], "pids": pids[n]}
         log(f"steady: {', '.join(names)} running at once; sampling every 1 s for {args.duration:.0f} s")
         m0 = now()
         end = m0 + args.duration
@@ -524,6 +528,7 @@ def phase_steady(b, args):
                 if not chs[n].alive():
                     raise RuntimeError(f"{n} exited during the steady phase")
                 res[n]["rss"].append(sum(vm(p) for p in pids[n]))
+                res[n]["rss_pid1"].append(vm(pids[n][0]))
             next_t += 1.0
             time.sleep(max(0.0, min(next_t, end) - now()))
         elapsed = now() - m0
@@ -595,12 +600,15 @@ redirect_stderr=true
         except orphans.NotReaped as e:
             given_up[name] = e
             raise
+        left = lc.sweep(quiet=True)
+        if left:
+            raise RuntimeError(f"{len(left)} processes left after the run: "
+                               + ", ".join(f"{c}[{p}]({s})" for p, c, s in left[:5]))
         return {"start": ms / 1000, "held": held}
 
     log(f"orphans: {args.orphans} at once under {', '.join(names)}, {args.runs} rounds "
         f"(an init that leaves some after {args.orphan_timeout:g} s is not run again)")
     res, failures = rounds(names, args.runs, 0, one, "orphans")
-    failures = [f for f in failures if "Skip" not in f and not f.endswith(": ")]
     return res, failures, given_up
 
 
@@ -736,18 +744,22 @@ def render(b, args, proc, cont, first, steady, hc, orph, size, failures, started
             cells["tandem"] = cell_ms([{"start": x} for x in hc["tandem"]], d=1)
             tm = statistics.median(hc["tandem"]) * 1000
             tgt = f"< 5 ms: {tm:.1f} ms, " + ("met" if tm < 5 else f"MISSED by {tm - 5:.1f} ms")
-        row(f"healthcheck wall time ({args.hc_runs} each)", cells, tgt)
-        row("  (supervisord column: pg_isready && curl)", {})
+        row(f"healthcheck, {args.hc_runs} each [supervisord: a]", cells, tgt)
     if orph:
         res, _, given_up = orph
-        cells = {n: cell_ms(rs) for n, rs in res.items() if rs}
+        cells = {n: cell_ms(rs, d=1) for n, rs in res.items() if rs}
+        rates = {}
         for n, e in given_up.items():
             cells[n] = f"{e.left} left at {e.seconds:g} s"
+            rates[n] = f"{n}: {(args.orphans - e.left) / e.seconds:.0f}/s"
         tgt = ""
         if res.get("tandem"):
             tm = statistics.median([r["start"] for r in res["tandem"]]) * 1000
             tgt = f"< 1 s: {tm:.0f} ms, " + ("met" if tm < 1000 else f"MISSED by {tm - 1000:.0f} ms")
-        row(f"{args.orphans} orphans reaped after release", cells, tgt)
+        row(f"{args.orphans} orphans: all reaped after release", cells, tgt)
+        if rates:
+            L.append(f"  (not done in {args.orphan_timeout:g} s, so not run again; reaped per second: "
+                     f"{', '.join(rates.values())})")
     if size:
         cells = {"tandem": mib(size["tandem"]), "tini": mib(size["tini"], 3),
                  "supervisord": f"{mib(size['supervisor_python'], 1)}"}
@@ -773,7 +785,13 @@ def render(b, args, proc, cont, first, steady, hc, orph, size, failures, started
     if steady:
         L.append("steady: the four supervisors ran AT THE SAME TIME (each its own PGDATA and ports) to save wall time; "
                  "tandem probes PostgreSQL and the app every 1 s, horust runs pg_isready and curl every 1 s, "
-                 "supervisord and tini do not probe; tini's column is tini + its wait shell.")
+                 "supervisord and tini do not probe; tini's column is tini + its wait shell"
+                 + (f" (tini alone: {statistics.median(steady['tini']['rss_pid1']) / 1024:.2f} MiB VmRSS)."
+                    if "tini" in steady else "."))
+    if hc:
+        spawn = cell_ms([{"start": x} for x in hc["true"]], d=1)
+        L.append(f"[a] the seed's HEALTHCHECK, sh -c '{PG_BIN}/pg_isready -h 127.0.0.1 -p PORT && curl -fsS URL', "
+                 f"against the same running tandem; harness spawn cost (/bin/true) {spawn} ms, in both.")
     if size:
         L.append(f"sizes: tandem release build; horust stripped copy of cargo install's "
                  f"({mib(size.get('horust_installed', 0))} as installed); tini: Debian's /usr/bin/tini (dynamic); "

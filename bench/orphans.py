@@ -74,9 +74,9 @@ def one_run(n, init=None, env_extra=None, timeout=30.0):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    tandem = None
     try:
         deadline = time.monotonic() + 30
-        tandem = None
         while time.monotonic() < deadline and tandem is None:
             kids = children(unshare.pid)
             tandem = kids[0] if kids else None
@@ -101,7 +101,16 @@ def one_run(n, init=None, env_extra=None, timeout=30.0):
             os.unlink(env["TANDEM_SOCKET"])
         except FileNotFoundError:
             pass
-        unshare.send_signal(signal.SIGTERM)
+        # SIGTERM to PID 1 itself, which stops the app and exits, and unshare after it. (A
+        # SIGTERM to unshare would kill it at once and leave PID 1, SIGKILLed, a zombie
+        # for whoever is our subreaper.)
+        if tandem is not None:
+            try:
+                os.kill(tandem, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        else:
+            unshare.send_signal(signal.SIGTERM)
         try:
             unshare.wait(timeout=10)
         except subprocess.TimeoutExpired:
