@@ -411,7 +411,9 @@ class Containers:
                 tail = sh(["docker", "logs", "--tail", "20", cname], check=False)
                 raise RuntimeError(f"{name} container exited before its API answered: {tail[-600:]}")
             if now() > deadline:
-                raise RuntimeError(f"{name} container: no 200 from {ip}:{CONTAINER_PORT} in 120 s")
+                tail = sh(["docker", "logs", "--tail", "12", cname], check=False)
+                raise RuntimeError(f"{name} container: no 200 from {ip}:{CONTAINER_PORT} in 120 s; "
+                                   f"its last lines: {tail[-900:]}")
             time.sleep(0.002)
         r = {"start": now() - t0}
         time.sleep(settle)
