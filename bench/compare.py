@@ -408,10 +408,12 @@ class Containers:
         while http_status(ip, CONTAINER_PORT, HEALTH, timeout=1.0) != 200:
             n += 1
             if n % 200 == 0 and sh(["docker", "inspect", "-f", "{{.State.Running}}", cname]) != "true":
-                tail = sh(["docker", "logs", "--tail", "20", cname], check=False)
+                p = subprocess.run(["docker", "logs", "--tail", "20", cname], capture_output=True, text=True)
+                tail = (p.stdout + p.stderr).strip()
                 raise RuntimeError(f"{name} container exited before its API answered: {tail[-600:]}")
             if now() > deadline:
-                tail = sh(["docker", "logs", "--tail", "12", cname], check=False)
+                p = subprocess.run(["docker", "logs", "--tail", "12", cname], capture_output=True, text=True)
+                tail = (p.stdout + p.stderr).strip()
                 raise RuntimeError(f"{name} container: no 200 from {ip}:{CONTAINER_PORT} in 120 s; "
                                    f"its last lines: {tail[-900:]}")
             time.sleep(0.002)
