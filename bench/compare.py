@@ -26,6 +26,7 @@ import atexit
 import datetime
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -775,6 +776,14 @@ def render(b, args, proc, cont, first, steady, hc, orph, size, failures, started
             tm = statistics.median(hc["tandem"]) * 1000
             tgt = f"< 5 ms: {tm:.1f} ms, " + ("met" if tm < 5 else f"MISSED by {tm - 5:.1f} ms")
         row(f"healthcheck, {args.hc_runs} each [supervisord: a]", cells, tgt)
+        # What tandem's own answer says each probe took ("healthy: postgres ok 0.9ms, app ok 2.8ms").
+        split = {}
+        for line, count in (hc.get("lines_t") or {}).items():
+            for svc, ms in re.findall(r"(\w+) ok ([0-9.]+)ms", line):
+                split.setdefault(svc, []).extend([float(ms)] * count)
+        if split:
+            row("  of which tandem's probes (its answer)", {"tandem": ", ".join(
+                f"{svc} {statistics.median(v):.1f}" for svc, v in split.items())})
     if orph:
         res, _, given_up = orph
         cells = {n: cell_ms(rs, d=1) for n, rs in res.items() if rs}
