@@ -681,7 +681,7 @@ def mib(x, d=2):
 
 
 def render(b, args, proc, cont, first, steady, hc, orph, size, failures, started):
-    W = 150
+    W = 155
     cols = NAMES
     L = []
     horust_note = None if b.horust else f"not built: {args.horust_missing or 'no horust'}"
@@ -693,7 +693,7 @@ def render(b, args, proc, cont, first, steady, hc, orph, size, failures, started
             if n == "horust" and horust_note and v == "-":
                 v = "not built"
             vals.append(v)
-        L.append(f"{label:<44}" + "".join(f"{v:>21}" for v in vals) + f"  {target}")
+        L.append(f"{label:<44}" + "".join(f"{v:>22}" for v in vals) + f"  {target}")
 
     host = platform.node()
     with open("/etc/debian_version") as f:
@@ -715,7 +715,7 @@ def render(b, args, proc, cont, first, steady, hc, orph, size, failures, started
     if horust_note:
         L.append(f"horust: {horust_note}")
     L.append("=" * W)
-    L.append(f"{'figure':<44}" + "".join(f"{n:>21}" for n in cols) + "  target (tandem)")
+    L.append(f"{'figure':<44}" + "".join(f"{n:>22}" for n in cols) + "  target (tandem)")
     L.append("-" * W)
 
     def versus(res, key):
