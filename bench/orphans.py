@@ -5,6 +5,7 @@ The Rust test app starts N background processes that stay blocked on a pipe, the
 exits: all N are re-parented to tandem. They are released at once; the figure is the time
 from the release to the moment tandem has no child left but the app (a zombie is still a
 child until it is reaped). Runs tandem in its own PID namespace (unshare), no PostgreSQL.
+bench/compare.sh runs one_run() with other inits as PID 1 (tini, supervisord, horust).
 
     bench/orphans.py [N] [RUNS]      defaults: 10000, 5
 """
@@ -45,7 +46,19 @@ def post(port, path, timeout=120):
         return r.read().decode()
 
 
-def one_run(n):
+class NotReaped(RuntimeError):
+    """The init left `left` of the orphans unreaped for `seconds` after their release."""
+
+    def __init__(self, left, seconds):
+        super().__init__(f"{left} children left after {seconds:g} s")
+        self.left = left
+        self.seconds = seconds
+
+
+def one_run(n, init=None, env_extra=None, timeout=30.0):
+    """One burst of n orphans under `init` (argv of PID 1, given the test app's argv and port;
+    default tandem), timed from their release until PID 1 has one child left (the app).
+    Returns (ms, held); raises NotReaped when some are still there after `timeout` s."""
     port = free_port()
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -53,15 +66,17 @@ def one_run(n):
         "TANDEM_SOCKET": f"/tmp/tandem-orphans-{os.getpid()}.sock",
         "TESTAPP_PORT": str(port),
     }
+    env.update(env_extra or {})
+    argv = init(TESTAPP, port) if init else [TANDEM, "--", TESTAPP]
     unshare = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", TANDEM, "--", TESTAPP],
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"] + argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    tandem = None
     try:
         deadline = time.monotonic() + 30
-        tandem = None
         while time.monotonic() < deadline and tandem is None:
             kids = children(unshare.pid)
             tandem = kids[0] if kids else None
@@ -74,19 +89,28 @@ def one_run(n):
         post(port, f"/orphans?n={n}&hold=1")
         held = len(children(tandem)) - 1
         if held < n:
-            raise RuntimeError(f"only {held} of {n} orphans are tandem's children")
+            raise RuntimeError(f"only {held} of {n} orphans are PID 1's children")
         post(port, "/orphans/release")
         released = time.monotonic()
         while len(children(tandem)) > 1:
-            if time.monotonic() - released > 30:
-                raise RuntimeError(f"{len(children(tandem)) - 1} children left after 30 s")
+            if time.monotonic() - released > timeout:
+                raise NotReaped(len(children(tandem)) - 1, timeout)
         return (time.monotonic() - released) * 1000, held
     finally:
         try:
             os.unlink(env["TANDEM_SOCKET"])
         except FileNotFoundError:
             pass
-        unshare.send_signal(signal.SIGTERM)
+        # SIGTERM to PID 1 itself, which stops the app and exits, and unshare after it. (A
+        # SIGTERM to unshare would kill it at once and leave PID 1, SIGKILLed, a zombie
+        # for whoever is our subreaper.)
+        if tandem is not None:
+            try:
+                os.kill(tandem, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        else:
+            unshare.send_signal(signal.SIGTERM)
         try:
             unshare.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -15,6 +15,10 @@
 #   upgrade                 tandem-upgrade:TAG: genie-example built on tandem-upgrade-base:TAG,
 #                           the base with Debian 12's PostgreSQL 15 beside its 17
 #                           (images/upgrade/), for tests/upgrade.rs and bench/upgrade.sh
+#   bare-genie-example, tini-genie-example, horust-genie-example
+#                           tandem-bare-genie-example:TAG, ... (images/compare/): the example
+#                           API and base with no init, under tini, under horust, for
+#                           bench/compare.sh; horust's needs HORUST_BIN=path (a built horust)
 #   base                    only the base image
 #
 # TAG is TANDEM_IMAGE_TAG (default `local`): two checkouts sharing one engine keep apart by
@@ -32,7 +36,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: images/build.sh genie|agent|genie-example|agent-example|upgrade|supervisord-genie|supervisord-agent|supervisord-genie-example|supervisord-agent-example|base ..." >&2
+    echo "usage: images/build.sh genie|agent|genie-example|agent-example|upgrade|supervisord-genie|supervisord-agent|supervisord-genie-example|supervisord-agent-example|bare-genie-example|tini-genie-example|horust-genie-example|base ..." >&2
     exit 2
 }
 [ $# -gt 0 ] || usage
@@ -49,6 +53,9 @@ if [ "$base" = "$local_base" ]; then
     images/build-base.sh "$base"
 fi
 
+# Files copied into the build context for one build, removed on the way out.
+trap 'rm -f "$top/images/hive/.pip-ca.crt" "$top/images/compare/.horust-bin"' EXIT
+
 host_pip() { python3 -m pip config get "$1" 2>/dev/null || true; }
 pip_args=()
 ca=${PIP_CERT:-$(host_pip global.cert)}
@@ -56,7 +63,6 @@ ca=${PIP_CERT:-$(host_pip global.cert)}
 if [ -f "$ca" ]; then
     # A fixed name, so that Docker's cache sees the same file from one build to the next.
     cp "$ca" images/hive/.pip-ca.crt
-    trap 'rm -f "$top/images/hive/.pip-ca.crt"' EXIT
     pip_args+=(--build-arg PIP_CERT_FILE=.pip-ca.crt)
 fi
 index=${PIP_INDEX_URL:-$(host_pip global.index-url)}
@@ -128,6 +134,20 @@ for target in "$@"; do
             build "tandem-upgrade:$tag" -f Dockerfile.genie --build-arg APP=example \
                 --build-arg TANDEM_BUILDER="$base" --build-arg TANDEM_BIN="$bin"
             base=$saved
+            ;;
+        bare-genie-example | tini-genie-example)
+            build "tandem-$target:$tag" -f images/compare/Dockerfile --target "${target%%-*}" \
+                --build-arg APP="$app"
+            ;;
+        horust-genie-example)
+            if [ -z "${HORUST_BIN:-}" ] || [ ! -x "$HORUST_BIN" ]; then
+                echo "build.sh: $target needs HORUST_BIN=path to a horust binary (bench/compare.sh builds one)" >&2
+                exit 1
+            fi
+            cp "$HORUST_BIN" images/compare/.horust-bin
+            build "tandem-$target:$tag" -f images/compare/Dockerfile --target horust \
+                --build-arg APP="$app"
+            rm -f images/compare/.horust-bin
             ;;
         base) ;;
         *) usage ;;

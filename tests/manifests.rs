@@ -189,7 +189,7 @@ fn dockerfiles_run_the_hive_server_with_its_url_from_tandem() {
 /// Every instruction that makes a layer (FROM, RUN, COPY, ADD) comes before the first one in
 /// which genie and agent differ, so the second image reuses all of the first's layers, the
 /// Hive server's pip layer included; and the supervisord twin's app stage is the same stage,
-/// so it gets those layers too.
+/// so it gets those layers too, as do bench/compare.sh's images (images/compare/).
 #[test]
 fn dockerfiles_share_every_layer_and_the_supervisord_twin_shares_the_app_stage() {
     let (genie, agent) = (Dockerfile::load("genie"), Dockerfile::load("agent"));
@@ -213,6 +213,15 @@ fn dockerfiles_share_every_layer_and_the_supervisord_twin_shares_the_app_stage()
     );
     assert_eq!(twin.arg("BASE_IMAGE"), genie.arg("BASE_IMAGE"));
     assert_eq!(twin.arg("APP"), genie.arg("APP"));
+    // bench/compare.sh's bare, tini and horust images: the same app stage too.
+    let others = Dockerfile::read("images/compare/Dockerfile");
+    assert_eq!(
+        others.stage("app"),
+        genie.stage("app"),
+        "images/compare/Dockerfile's app stage is not Dockerfile.genie's"
+    );
+    assert_eq!(others.arg("BASE_IMAGE"), genie.arg("BASE_IMAGE"));
+    assert_eq!(others.arg("APP"), genie.arg("APP"));
 }
 
 /// The instructions of a Dockerfile, continuation lines joined, comments dropped.
