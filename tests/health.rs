@@ -928,7 +928,7 @@ fn status_table_and_json_reflect_the_services() {
         }
     }
 
-    // The table for a person: header, then one row per service.
+    // The table for a person: header, one row per service, then where the start's time went.
     let table = cli(&env, &["status"]);
     if table.code != 0 {
         tandem.fail(&format!("status: {}", table.describe()));
@@ -951,10 +951,12 @@ fn status_table_and_json_reflect_the_services() {
                 && r[5] == "0"
         })
     };
-    if lines.len() != 3
+    let timeline = lines.get(3).map(|l| l[..l.len().min(3)].join(" "));
+    if lines.len() != 4
         || lines[0] != header
         || !row_ok("postgres", pg_pid.into(), "healthy")
         || !row_ok("app", app_pid, "healthy")
+        || timeline.as_deref() != Some("start: healthy after")
     {
         tandem.fail(&format!("status table:\n{}", table.stdout));
     }
