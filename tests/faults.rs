@@ -660,20 +660,39 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: Pid) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
+/// A client that misbehaves in a loop until told to stop.
+type Abuser<'a> = &'a (dyn Fn(&AtomicBool) + Sync);
+
+/// Runs each phase's abusers on threads of their own while `during(phase)` runs, and stops
+/// them when it returns (or fails).
+fn under_abuse(phases: &[(&str, Vec<Abuser>)], during: impl Fn(&str)) {
+    for (phase, abusers) in phases {
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            for abuse in abusers {
+                s.spawn(|| abuse(&stop));
+            }
+            let _stop = StopOnDrop(&stop);
+            during(phase);
+        });
+    }
+}
+
+/// `phase: N x WHAT, median, max` for each phase's timings, joined with `; `.
+fn timings(times: Vec<(String, Vec<Duration>)>, what: &str) -> String {
+    times
+        .into_iter()
+        .map(|(phase, mut t)| {
+            t.sort();
+            format!(
+                "{phase}: {} {what}, median {:.1?}, max {:.1?}",
+                t.len(),
+                t[t.len() / 2],
+                t[t.len() - 1]
+            )
         })
-        .unwrap_or(0)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// How long `tandem healthcheck` may take under abuse: the timeout the images give Docker's
@@ -784,7 +803,6 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
             }
         }
     };
-    type Abuser<'a> = &'a (dyn Fn(&AtomicBool) + Sync);
     let phases: [(&str, Vec<Abuser>); 4] = [
         (
             "4 clients sending 10 MB each, over and over",
@@ -800,16 +818,7 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
             vec![&big_send, &big_send, &invalid, &churn],
         ),
     ];
-    for (phase, abusers) in phases {
-        let stop = AtomicBool::new(false);
-        thread::scope(|s| {
-            for abuse in &abusers {
-                s.spawn(|| abuse(&stop));
-            }
-            let _stop = StopOnDrop(&stop);
-            checks(phase, 10);
-        });
-    }
+    under_abuse(&phases, |phase| checks(phase, 10));
     let rss_max = rss_max.load(Ordering::Relaxed);
     let rss_after = rss_kib(pid);
     if rss_max > rss_before + ABUSE_RSS_GROWTH_KIB {
@@ -820,20 +829,7 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
     assert_eq!(tandem.stop(), 0);
     tandem.assert_clean_postgres_stop();
     tandem.assert_no_panic();
-    let times: Vec<String> = times
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|(phase, mut t)| {
-            t.sort();
-            format!(
-                "{phase}: {} healthy, median {:.1?}, max {:.1?}",
-                t.len(),
-                t[t.len() / 2],
-                t[t.len() - 1]
-            )
-        })
-        .collect();
+    let times = timings(times.into_inner().unwrap(), "healthy");
     survived(&format!(
         "control socket of a debug-build PID 1: 1000 idle connections, {} tries to send 10 MB, {} \
          invalid requests, {} connections opened and closed; healthchecks ({}); \
@@ -841,7 +837,7 @@ fn control_socket_abuse_never_keeps_a_healthcheck_out() {
         big.into_inner(),
         garbage.into_inner(),
         churned.into_inner(),
-        times.join("; "),
+        times,
     ));
 }
 
@@ -1415,25 +1411,6 @@ fn the_password_is_in_no_argv_log_status_or_file() {
 // Its secrets are checked with the others above (/metrics, /readyz, /healthz and `tandem
 // events`, human and JSON, in `the_password_is_in_no_argv_log_status_or_file`).
 
-/// One HTTP/1.1 GET on a fresh connection (`Connection: close`): (status, body).
-fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-    let status = answer
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    Ok((status, body))
-}
-
 /// How much tandem's memory may grow under HTTP abuse: the endpoint keeps at most 256
 /// connections, each with at most an 8 KiB head.
 const HTTP_ABUSE_RSS_GROWTH_KIB: u64 = 8 * 1024;
@@ -1559,7 +1536,6 @@ fn http_endpoint_abuse_never_keeps_readyz_or_healthcheck_out() {
             }
         }
     };
-    type Abuser<'a> = &'a (dyn Fn(&AtomicBool) + Sync);
     let phases: [(&str, Vec<Abuser>); 5] = [
         ("20 slowloris clients", vec![&slowloris; 20]),
         ("4 clients sending 10 MB bodies", vec![&big_body; 4]),
@@ -1570,29 +1546,22 @@ fn http_endpoint_abuse_never_keeps_readyz_or_healthcheck_out() {
             vec![&slowloris, &slowloris, &slowloris, &big_body, &junk, &churn],
         ),
     ];
-    for (phase, abusers) in phases {
-        let stop = AtomicBool::new(false);
-        thread::scope(|s| {
-            for abuse in &abusers {
-                s.spawn(|| abuse(&stop));
+    under_abuse(&phases, |phase| {
+        checks(phase, 10);
+        if phase == "all of these at once" {
+            // Supervision goes on: the app killed under the abuse is restarted.
+            let _ = http("POST", &sandbox.app_url("/kill-self?signal=9"));
+            // Back when /readyz says so again (the app's probe passed).
+            let back = poll_until(START_TIMEOUT, || {
+                let again = tandem.log.count(APP_READY) >= 2;
+                (again && matches!(ready(), Ok((200, _)))).then_some(())
+            });
+            if back.is_none() {
+                tandem.fail("the app killed under the abuse was not restarted");
             }
-            let _stop = StopOnDrop(&stop);
-            checks(phase, 10);
-            if phase == "all of these at once" {
-                // Supervision goes on: the app killed under the abuse is restarted.
-                let _ = http("POST", &sandbox.app_url("/kill-self?signal=9"));
-                // Back when /readyz says so again (the app's probe passed).
-                let back = poll_until(START_TIMEOUT, || {
-                    let again = tandem.log.count(APP_READY) >= 2;
-                    (again && matches!(ready(), Ok((200, _)))).then_some(())
-                });
-                if back.is_none() {
-                    tandem.fail("the app killed under the abuse was not restarted");
-                }
-                checks("after the app's restart, under all of it", 5);
-            }
-        });
-    }
+            checks("after the app's restart, under all of it", 5);
+        }
+    });
     let rss_max = rss_max.load(Ordering::Relaxed);
     if rss_max > rss_before + HTTP_ABUSE_RSS_GROWTH_KIB {
         tandem.fail(&format!(
@@ -1602,20 +1571,7 @@ fn http_endpoint_abuse_never_keeps_readyz_or_healthcheck_out() {
     assert_eq!(tandem.stop(), 0);
     tandem.assert_clean_postgres_stop();
     tandem.assert_no_panic();
-    let times: Vec<String> = times
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|(phase, mut t)| {
-            t.sort();
-            format!(
-                "{phase}: {} x 200, median {:.1?}, max {:.1?}",
-                t.len(),
-                t[t.len() / 2],
-                t[t.len() - 1]
-            )
-        })
-        .collect();
+    let times = timings(times.into_inner().unwrap(), "x 200");
     survived(&format!(
         "HTTP endpoint of a debug-build PID 1: {held} silent connections, {} slowloris clients, \
          {} tries to send 10 MB, {} garbage or oversized heads, {} connections opened and \
@@ -1625,7 +1581,7 @@ fn http_endpoint_abuse_never_keeps_readyz_or_healthcheck_out() {
         big.into_inner(),
         garbage.into_inner(),
         churned.into_inner(),
-        times.join("; "),
+        times,
     ));
 }
 

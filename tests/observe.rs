@@ -7,7 +7,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -392,39 +391,6 @@ fn flap_restarts(socket: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A plain HTTP/1.1 request over a fresh connection: (status, body).
-fn get(addr: &str, request: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-    let status = answer
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    Ok((status, body))
-}
-
-fn path(addr: &str, p: &str) -> Result<(u16, String), String> {
-    get(
-        addr,
-        &format!("GET {p} HTTP/1.1\r\nHost: tandem\r\nConnection: close\r\n\r\n"),
-    )
-}
-
-fn rss_kib(pid: nix::unistd::Pid) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// `/readyz` follows the app's health as `tandem healthcheck` does (503 while its probe
 /// fails, 200 again after), `/healthz` stays 200; only GET and HEAD; 1 000 requests leave
 /// tandem's memory where it was. (Abusive clients: tests/faults.rs.)
@@ -457,7 +423,7 @@ fn readyz_follows_health_like_healthcheck_and_requests_leave_memory_where_it_was
     };
     let both = |tandem: &Tandem, want: u16| {
         let got = poll_until(SHORT_TIMEOUT, || {
-            let r = path(&addr, "/readyz").ok()?;
+            let r = http_get(&addr, "/readyz").ok()?;
             (r.0 == want).then_some(r)
         });
         let Some((_, body)) = got else {
@@ -478,7 +444,7 @@ fn readyz_follows_health_like_healthcheck_and_requests_leave_memory_where_it_was
     let body = both(&tandem, 503);
     assert!(body.starts_with("unhealthy: app http 503"), "{body}");
     assert_eq!(
-        path(&addr, "/healthz").unwrap().0,
+        http_get(&addr, "/healthz").unwrap().0,
         200,
         "alive while the app is not"
     );
@@ -486,22 +452,22 @@ fn readyz_follows_health_like_healthcheck_and_requests_leave_memory_where_it_was
     both(&tandem, 200);
 
     // Read-only, and only what it serves.
-    let post = get(&addr, "POST /readyz HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let post = http_raw(&addr, "POST /readyz HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
     assert_eq!(post.0, 405);
-    assert_eq!(path(&addr, "/nope").unwrap().0, 404);
-    let head = get(&addr, "HEAD /readyz HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(http_get(&addr, "/nope").unwrap().0, 404);
+    let head = http_raw(&addr, "HEAD /readyz HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(head, (200, String::new()));
-    assert_eq!(get(&addr, "GET /readyz\r\n\r\n").unwrap().0, 400);
+    assert_eq!(http_raw(&addr, "GET /readyz\r\n\r\n").unwrap().0, 400);
 
     // Memory: 1 000 requests (after 200 to warm up) leave RSS within 256 KiB.
     let pid = tandem.pid();
     for _ in 0..200 {
-        path(&addr, "/readyz").unwrap();
+        http_get(&addr, "/readyz").unwrap();
     }
     let before = rss_kib(pid);
     for n in 0..1000 {
         let p = ["/readyz", "/healthz", "/metrics"][n % 3];
-        assert_eq!(path(&addr, p).unwrap().0, 200);
+        assert_eq!(http_get(&addr, p).unwrap().0, 200);
     }
     let after = rss_kib(pid);
     assert!(
@@ -599,7 +565,7 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let (status, body) = path(&self.addr, &format!("/api/v1/query?query={q}")).ok()?;
+        let (status, body) = http_get(&self.addr, &format!("/api/v1/query?query={q}")).ok()?;
         if status != 200 {
             return None;
         }
@@ -633,7 +599,7 @@ fn prometheus_scrapes_tandem_and_sees_the_restart_of_the_app() {
     tandem.wait_app_ready();
     tandem.wait_for_line("tandem | healthy after", SHORT_TIMEOUT);
 
-    let (status, text) = path(&addr, "/metrics").unwrap();
+    let (status, text) = http_get(&addr, "/metrics").unwrap();
     assert_eq!(status, 200);
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])

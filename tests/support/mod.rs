@@ -799,6 +799,51 @@ pub fn http(method: &str, url: &str) -> Result<(u16, String), String> {
     })
 }
 
+/// One raw HTTP/1.x request (`request` is the whole head, and body if any) on a fresh
+/// connection, read to its end: (status, body). For tandem's own HTTP endpoint, where the
+/// test controls every byte (methods, heads, garbage).
+pub fn http_raw(addr: &str, request: &str) -> Result<(u16, String), String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let status = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+/// `GET path` on a fresh connection (`Connection: close`, as a kubelet's probe).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: tandem\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// A process's resident memory (VmRSS) in KiB; 0 once it is gone.
+pub fn rss_kib(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 impl Tandem {
     /// An HTTP request to the app that must answer 200; returns the body.
     pub fn app_ok(&self, sandbox: &Sandbox, method: &str, path: &str) -> String {
