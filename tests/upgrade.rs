@@ -19,15 +19,12 @@
 
 #[path = "support/docker.rs"]
 mod docker_support;
-use docker_support::{docker, engine_ready, show, stdout};
+use docker_support::{docker, docker_ok, docker_quiet, image_tag, show, stdout, Container, Scope};
 
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const TOP: &str = env!("CARGO_MANIFEST_DIR");
 const USER: &str = "my cool user";
 const PASSWORD: &str = "old secret pw";
 const DB: &str = "first db";
@@ -43,11 +40,7 @@ const FINISHING: &str =
     "finishing the upgrade of /var/lib/postgresql/data from PostgreSQL 15 to 17";
 
 fn image() -> String {
-    let tag = std::env::var("TANDEM_IMAGE_TAG")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| "local".into());
-    format!("tandem-upgrade:{tag}")
+    format!("tandem-upgrade:{}", image_tag())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,12 +52,12 @@ fn image() -> String {
 /// refuse the directory (newer than they are).
 #[test]
 fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
-    let Some(mut scope) = Scope::new() else {
+    let Some(mut scope) = scope() else {
         return;
     };
     let volume = scope.old_volume();
     let network = scope.network();
-    let c = scope.run(
+    let c = scope.on_volume(
         &volume,
         &["--network", &network, "-e", "TANDEM_PG_UPGRADE=auto"],
     );
@@ -87,7 +80,7 @@ fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
         thread::sleep(POLL);
     };
     eprintln!("during the upgrade: {line}");
-    c.wait_healthy();
+    c.wait_healthy_within(START_TIMEOUT);
     let logs = c.logs();
     assert!(logs.contains(UPGRADED), "{logs}");
     assert!(
@@ -105,13 +98,14 @@ fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
         Ok(USER.to_string())
     );
     // pgvector works on the new cluster (the old major has none in this image).
-    c.psql(
+    psql(
+        &c,
         DB,
         "CREATE EXTENSION vector; CREATE TABLE v (e vector(3)); INSERT INTO v VALUES ('[1,2,3]')",
     );
-    assert_eq!(c.psql(DB, "SELECT e::text FROM v"), "[1,2,3]");
+    assert_eq!(psql(&c, DB, "SELECT e::text FROM v"), "[1,2,3]");
     // Statistics are rebuilt in the background once the app has started.
-    c.wait_log("vacuumdb --analyze-in-stages done in");
+    c.wait_log_within("vacuumdb --analyze-in-stages done in", START_TIMEOUT);
     let logs = c.logs();
     let app = logs.find("tandem | app started").expect("app started");
     let analyze = logs
@@ -131,7 +125,7 @@ fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
     // A second start does not upgrade again.
     c.stop();
     c.start();
-    c.wait_healthy();
+    c.wait_healthy_within(START_TIMEOUT);
     let logs = c.logs();
     assert_eq!(logs.matches(UPGRADED).count(), 1, "{logs}");
     assert!(logs.contains("already holds a database"), "{logs}");
@@ -139,8 +133,8 @@ fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
     c.stop();
 
     // The old binaries refuse what is now newer than they are: one line, exit 1.
-    let old = scope.run(&volume, &["-e", &format!("PG_BINDIR={OLD_BIN}")]);
-    assert_eq!(old.wait_exit(), 1, "{}", old.logs());
+    let old = scope.on_volume(&volume, &["-e", &format!("PG_BINDIR={OLD_BIN}")]);
+    assert_eq!(old.wait_exit(START_TIMEOUT), 1, "{}", old.logs());
     assert!(
         old.logs().contains(
             "was initialised by PostgreSQL 17, and these binaries (/usr/lib/postgresql/15/bin) are PostgreSQL 15: \
@@ -156,13 +150,13 @@ fn an_old_volume_is_upgraded_with_its_rows_roles_and_password() {
 /// was, with the check's report in the log, and PostgreSQL 15 serves it as before.
 #[test]
 fn an_old_volume_is_left_alone_when_the_upgrade_is_off_or_its_check_fails() {
-    let Some(mut scope) = Scope::new() else {
+    let Some(mut scope) = scope() else {
         return;
     };
     let volume = scope.old_volume();
     let before = tree_checksum(&volume);
-    let c = scope.run(&volume, &[]);
-    assert_eq!(c.wait_exit(), 1, "{}", c.logs());
+    let c = scope.on_volume(&volume, &[]);
+    assert_eq!(c.wait_exit(START_TIMEOUT), 1, "{}", c.logs());
     let logs = c.logs();
     assert!(
         logs.contains(
@@ -186,7 +180,7 @@ fn an_old_volume_is_left_alone_when_the_upgrade_is_off_or_its_check_fails() {
 /// and a line saying whether the upgrade was rolled back (and done again) or finished.
 #[test]
 fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
-    let Some(mut scope) = Scope::new() else {
+    let Some(mut scope) = scope() else {
         return;
     };
     enum At {
@@ -225,8 +219,8 @@ fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
             At::Line(l) | At::Stop(l) => l.to_string(),
         };
         let flags: Vec<&str> = args.iter().map(String::as_str).collect();
-        let c = scope.run(&volume, &flags);
-        c.wait_log(&needle);
+        let c = scope.on_volume(&volume, &flags);
+        c.wait_log_within(&needle, START_TIMEOUT);
         if let At::Stop(_) = at {
             let t = Instant::now();
             c.stop();
@@ -256,10 +250,10 @@ fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
             "TANDEM_PG_UPGRADE_KEEP_OLD={}",
             if keep { "on" } else { "off" }
         );
-        let next = scope.run(&volume, &["-e", "TANDEM_PG_UPGRADE=auto", "-e", &keep_flag]);
-        next.wait_healthy();
+        let next = scope.on_volume(&volume, &["-e", "TANDEM_PG_UPGRADE=auto", "-e", &keep_flag]);
+        next.wait_healthy_within(START_TIMEOUT);
         if keep {
-            next.wait_log("kept the PostgreSQL 15 files in");
+            next.wait_log_within("kept the PostgreSQL 15 files in", START_TIMEOUT);
         }
         let logs = next.logs();
         let said = match said {
@@ -280,8 +274,8 @@ fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
                 logs.contains("kept the PostgreSQL 15 files in /var/lib/postgresql/data/.tandem-upgrade/old (TANDEM_PG_UPGRADE_KEEP_OLD=on): "),
                 "{logs}"
             );
-            let after = scope.run(&volume, &[]);
-            after.wait_healthy();
+            let after = scope.on_volume(&volume, &[]);
+            after.wait_healthy_within(START_TIMEOUT);
             let logs = after.logs();
             assert!(
                 logs.contains("removed the kept files of the upgrade from PostgreSQL 15 to 17"),
@@ -297,20 +291,20 @@ fn a_kill_anywhere_in_the_upgrade_is_rolled_back_or_finished() {
 /// TANDEM_PG_SYNC_PASSWORD=on; the new password works over TCP (scram).
 #[test]
 fn a_changed_password_is_reported_then_synced() {
-    let Some(mut scope) = Scope::new() else {
+    let Some(mut scope) = scope() else {
         return;
     };
     const NEW_PASSWORD: &str = "a brand new pw";
     let volume = scope.volume();
     let network = scope.network();
     // A 17 volume of its own: the image's own first start.
-    let first = scope.run_with(&volume, PASSWORD, &["--network", &network]);
-    first.wait_healthy();
+    let first = scope.on_volume_with(&volume, PASSWORD, &["--network", &network]);
+    first.wait_healthy_within(START_TIMEOUT);
     first.stop();
 
-    let drifted = scope.run_with(&volume, NEW_PASSWORD, &["--network", &network]);
-    drifted.wait_log("already holds a database");
-    drifted.wait_log("is not the stored password of");
+    let drifted = scope.on_volume_with(&volume, NEW_PASSWORD, &["--network", &network]);
+    drifted.wait_log_within("already holds a database", START_TIMEOUT);
+    drifted.wait_log_within("is not the stored password of", START_TIMEOUT);
     let warning = format!(
         "POSTGRES_PASSWORD is not the stored password of {USER:?} (it is applied only when the data directory is initialised): \
          logins that check the password (pg_hba.conf lines other than trust) will fail; set TANDEM_PG_SYNC_PASSWORD=on to store it"
@@ -324,12 +318,12 @@ fn a_changed_password_is_reported_then_synced() {
     );
     drifted.stop();
 
-    let synced = scope.run_with(
+    let synced = scope.on_volume_with(
         &volume,
         NEW_PASSWORD,
         &["--network", &network, "-e", "TANDEM_PG_SYNC_PASSWORD=on"],
     );
-    synced.wait_healthy();
+    synced.wait_healthy_within(START_TIMEOUT);
     let logs = synced.logs();
     assert!(
         logs.contains(&format!(
@@ -338,7 +332,8 @@ fn a_changed_password_is_reported_then_synced() {
         "{logs}"
     );
     assert_eq!(
-        synced.psql(
+        psql(
+            &synced,
             DB,
             "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = current_user"
         ),
@@ -357,7 +352,7 @@ fn a_changed_password_is_reported_then_synced() {
     synced.stop();
     // A start after that has nothing to say about it.
     synced.start();
-    synced.wait_healthy();
+    synced.wait_healthy_within(START_TIMEOUT);
     let logs = synced.logs();
     assert_eq!(
         logs.matches("differed from the stored password").count(),
@@ -382,13 +377,14 @@ fn a_changed_password_is_reported_then_synced() {
 /// Every row, the index, the second database, the superuser.
 fn assert_data(c: &Container) {
     assert_eq!(
-        c.psql(DB, "SELECT count(*), sum(id) FROM items"),
+        psql(c, DB, "SELECT count(*), sum(id) FROM items"),
         format!("{ROWS}|{}", ROWS * (ROWS + 1) / 2),
         "{}",
         c.logs()
     );
     assert_eq!(
-        c.psql(
+        psql(
+            c,
             DB,
             "SELECT indexname FROM pg_indexes WHERE tablename = 'items' ORDER BY 1"
         ),
@@ -396,18 +392,19 @@ fn assert_data(c: &Container) {
     );
     // The index is used and answers.
     assert_eq!(
-        c.psql(
+        psql(
+            c,
             DB,
             "SET enable_seqscan = off; SELECT id FROM items WHERE name = 'item 777'"
         ),
         "SET\n777"
     );
     assert_eq!(
-        c.psql("second db", "SELECT note FROM notes"),
+        psql(c, "second db", "SELECT note FROM notes"),
         "in the second database"
     );
     assert_eq!(
-        c.psql(DB, "SELECT rolname FROM pg_authid WHERE oid = 10"),
+        psql(c, DB, "SELECT rolname FROM pg_authid WHERE oid = 10"),
         USER
     );
 }
@@ -431,26 +428,6 @@ fn tree_checksum(volume: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Images, volumes, containers
-
-fn images_built() {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        let started = Instant::now();
-        let out = Command::new("bash")
-            .arg(format!("{TOP}/images/build.sh"))
-            .arg("upgrade")
-            .output()
-            .map_err(|e| format!("cannot run images/build.sh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("images/build.sh upgrade failed: {}", show(&out)));
-        }
-        eprintln!("images/build.sh upgrade: {:?}", started.elapsed());
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
 
 /// The volume PostgreSQL 15 initialised; tests copy it. Made once and kept for later runs
 /// (named by the image tag and [`TEMPLATE_RECIPE`]: change that when what it holds changes).
@@ -495,8 +472,9 @@ fn template_volume() -> &'static str {
             &image(),
             "--",
         ]);
-        c.wait_log("postgres is ready after");
-        c.psql(
+        c.wait_log_within("postgres is ready after", START_TIMEOUT);
+        psql(
+            &c,
             DB,
             &format!(
                 "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL); \
@@ -504,8 +482,9 @@ fn template_volume() -> &'static str {
                  CREATE INDEX items_name ON items (name)"
             ),
         );
-        c.psql(DB, "CREATE DATABASE \"second db\"");
-        c.psql(
+        psql(&c, DB, "CREATE DATABASE \"second db\"");
+        psql(
+            &c,
             "second db",
             "CREATE TABLE notes (note text); INSERT INTO notes VALUES ('in the second database')",
         );
@@ -542,39 +521,31 @@ fn copy_volume(from: &str, to: &str) {
     ]);
 }
 
-struct Scope {
-    containers: Vec<String>,
-    volumes: Vec<String>,
-    networks: Vec<String>,
+/// What these tests add to the shared scope: the upgrade image on a volume, as USER and DB.
+trait UpgradeScope {
+    /// A copy of the PostgreSQL 15 volume.
+    fn old_volume(&mut self) -> String;
+    /// The image as shipped (the example API under tandem) on `volume`, as USER/DB with
+    /// the old password; `args` go before the image.
+    fn on_volume(&mut self, volume: &str, args: &[&str]) -> Container;
+    fn on_volume_with(&mut self, volume: &str, password: &str, args: &[&str]) -> Container;
+    /// psql over TCP from another container on `network`; the error's gist on failure.
+    fn psql_tcp(
+        &mut self,
+        network: &str,
+        c: &Container,
+        password: &str,
+        db: &str,
+        sql: &str,
+    ) -> Result<String, String>;
 }
 
-impl Scope {
-    fn new() -> Option<Scope> {
-        if !engine_ready() {
-            return None;
-        }
-        images_built();
-        Some(Scope {
-            containers: vec![],
-            volumes: vec![],
-            networks: vec![],
-        })
-    }
+/// The scope these tests run in: the upgrade image built first.
+fn scope() -> Option<Scope> {
+    Scope::new(&["upgrade"])
+}
 
-    fn name(&mut self, what: &str) -> String {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        format!("tandem-test-{}-{n}-{what}", std::process::id())
-    }
-
-    fn volume(&mut self) -> String {
-        let name = self.name("data");
-        self.volumes.push(name.clone());
-        docker_ok(&["volume", "create", &name]);
-        name
-    }
-
-    /// A copy of the PostgreSQL 15 volume.
+impl UpgradeScope for Scope {
     fn old_volume(&mut self) -> String {
         let template = template_volume();
         let name = self.volume();
@@ -582,50 +553,25 @@ impl Scope {
         name
     }
 
-    fn network(&mut self) -> String {
-        let name = self.name("net");
-        self.networks.push(name.clone());
-        docker_ok(&["network", "create", &name]);
-        name
+    fn on_volume(&mut self, volume: &str, args: &[&str]) -> Container {
+        self.on_volume_with(volume, PASSWORD, args)
     }
 
-    /// The image as shipped (the example API under tandem) on `volume`, as USER/DB with
-    /// the old password; `args` go before the image.
-    fn run(&mut self, volume: &str, args: &[&str]) -> Container {
-        self.run_with(volume, PASSWORD, args)
-    }
-
-    fn run_with(&mut self, volume: &str, password: &str, args: &[&str]) -> Container {
-        let name = self.name("c");
-        self.containers.push(name.clone());
+    fn on_volume_with(&mut self, volume: &str, password: &str, args: &[&str]) -> Container {
         let env = [
             format!("POSTGRES_USER={USER}"),
             format!("POSTGRES_PASSWORD={password}"),
             format!("POSTGRES_DB={DB}"),
         ];
         let mount = format!("{volume}:/var/lib/postgresql/data");
-        let mut all = vec![
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--health-interval=500ms",
-            "--health-timeout=5s",
-            "--health-retries=3",
-            "-v",
-            &mount,
-        ];
+        let mut all = vec!["-v", mount.as_str()];
         for e in &env {
             all.extend(["-e", e.as_str()]);
         }
         all.extend(args);
-        let image = image();
-        all.push(&image);
-        docker_ok(&all);
-        Container { name }
+        self.run(&image(), &all)
     }
 
-    /// psql over TCP from another container on `network`; the error's gist on failure.
     fn psql_tcp(
         &mut self,
         network: &str,
@@ -669,148 +615,19 @@ impl Scope {
     }
 }
 
-impl Drop for Scope {
-    fn drop(&mut self) {
-        if !self.containers.is_empty() {
-            let mut args = vec!["rm", "-f", "-v"];
-            args.extend(self.containers.iter().map(String::as_str));
-            docker_quiet(&args);
-        }
-        for net in &self.networks {
-            docker_quiet(&["network", "rm", net]);
-        }
-        for vol in &self.volumes {
-            docker_quiet(&["volume", "rm", "-f", vol]);
-        }
-    }
-}
-
-struct Container {
-    name: String,
-}
-
-impl Container {
-    fn inspect(&self, format: &str) -> String {
-        docker_ok(&["inspect", "--format", format, &self.name])
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let state = self
-                .inspect("{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}");
-            match state.as_str() {
-                "running healthy" => return,
-                s if !s.starts_with("running") && !s.starts_with("created") => {
-                    panic!("{} is {s} instead of healthy:\n{}", self.name, self.logs())
-                }
-                s if Instant::now() > deadline => {
-                    panic!(
-                        "{} still {s} after {START_TIMEOUT:?}:\n{}",
-                        self.name,
-                        self.logs()
-                    )
-                }
-                _ => thread::sleep(POLL),
-            }
-        }
-    }
-
-    fn wait_exit(&self) -> i32 {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while self.inspect("{{.State.Running}}") == "true" {
-            assert!(
-                Instant::now() < deadline,
-                "{} still runs:\n{}",
-                self.name,
-                self.logs()
-            );
-            thread::sleep(POLL);
-        }
-        self.inspect("{{.State.ExitCode}}").parse().unwrap()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !self.logs().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log of {}:\n{}",
-                self.name,
-                self.logs()
-            );
-            assert!(
-                self.inspect("{{.State.Running}}") == "true" || self.logs().contains(needle),
-                "{} exited before {needle:?}:\n{}",
-                self.name,
-                self.logs()
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    fn logs(&self) -> String {
-        let out = docker(&["logs", &self.name]);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        let mut all = vec!["exec", &self.name];
-        all.extend(args);
-        docker(&all)
-    }
-
-    fn exec_ok(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "docker exec {args:?}: {}\n{}",
-            show(&out),
-            self.logs()
-        );
-        stdout(&out)
-    }
-
-    /// A query over the local socket as the superuser.
-    fn psql(&self, db: &str, sql: &str) -> String {
-        self.exec_ok(&[
-            "psql",
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            USER,
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-    }
-
-    fn start(&self) {
-        docker_ok(&["start", &self.name]);
-    }
-
-    fn stop(&self) {
-        docker_ok(&["stop", &self.name]);
-    }
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(out.status.success(), "docker {args:?}: {}", show(&out));
-    stdout(&out)
-}
-
-fn docker_quiet(args: &[&str]) {
-    let _ = Command::new("docker")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// A query over the local socket as the superuser USER, in `db`.
+fn psql(c: &Container, db: &str, sql: &str) -> String {
+    c.exec_ok(&[
+        "psql",
+        "-X",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-U",
+        USER,
+        "-d",
+        db,
+        "-c",
+        sql,
+    ])
 }

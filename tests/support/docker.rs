@@ -384,7 +384,11 @@ impl Container {
 
     /// Polls until Docker reports the container healthy; fails at once if it exits.
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
+        self.wait_healthy_within(START_TIMEOUT);
+    }
+
+    pub fn wait_healthy_within(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
             let state = self
                 .inspect("{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}");
@@ -399,7 +403,7 @@ impl Container {
                 }
                 s if Instant::now() > deadline => {
                     panic!(
-                        "{} still {s} after {START_TIMEOUT:?}:\n{}",
+                        "{} still {s} after {timeout:?}:\n{}",
                         self.name,
                         self.logs()
                     )
@@ -424,11 +428,24 @@ impl Container {
     }
 
     pub fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_log_within(needle, Duration::from_secs(10));
+    }
+
+    /// Polls the log for `needle` for at most `timeout`; fails at once if the container
+    /// exits without having printed it.
+    pub fn wait_log_within(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         while !self.logs().contains(needle) {
             assert!(
                 Instant::now() < deadline,
-                "no {needle:?} in the log:\n{}",
+                "no {needle:?} in the log of {} after {timeout:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            assert!(
+                self.running() || self.logs().contains(needle),
+                "{} exited before {needle:?}:\n{}",
+                self.name,
                 self.logs()
             );
             thread::sleep(POLL);
@@ -462,7 +479,12 @@ impl Container {
 
     pub fn exec_ok(&self, args: &[&str]) -> String {
         let out = self.exec(args);
-        assert!(out.status.success(), "docker exec {args:?}: {}", show(&out));
+        assert!(
+            out.status.success(),
+            "docker exec {args:?}: {}\n{}",
+            show(&out),
+            self.logs()
+        );
         stdout(&out)
     }
 
