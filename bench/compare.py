@@ -74,27 +74,6 @@ def sh(argv, check=True, timeout=120):
     return p.stdout.strip()
 
 
-def http_status(host, port, path, timeout=2.0):
-    try:
-        s = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
-        return None
-    try:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        parts = data.split(b"\r\n", 1)[0].split()
-        return int(parts[1]) if len(parts) >= 2 else None
-    except (OSError, ValueError):
-        return None
-    finally:
-        s.close()
-
-
 def ns_init(unshare_pid, timeout=5.0):
     """The pid (in our namespace) of PID 1 of the namespace unshare made: unshare's child."""
     end = now() + timeout
@@ -289,7 +268,7 @@ class Compare(lc.Bench):
                 raise RuntimeError(f"port {port} in use before a {name} run")
         t0 = now()
         ch = lc.Child(self.name(f"{name}-{slot.tag}"), argv, env, cwd, self.logdir)
-        t_ok = lc.poll_until(lambda: http_status("127.0.0.1", slot.app_port, HEALTH) == 200,
+        t_ok = lc.poll_until(lambda: lc.http_status(slot.app_port, HEALTH) == 200,
                              t0 + lc.START_TIMEOUT_S, ch, f"{name}: the app's health URL to answer 200")
         return ch, t_ok - t0
 
@@ -406,7 +385,7 @@ class Containers:
         ip = sh(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", cname])
         deadline = t0 + 120
         n = 0
-        while http_status(ip, CONTAINER_PORT, HEALTH, timeout=1.0) != 200:
+        while lc.http_status(CONTAINER_PORT, HEALTH, timeout=1.0, host=ip) != 200:
             n += 1
             if n % 200 == 0 and sh(["docker", "inspect", "-f", "{{.State.Running}}", cname]) != "true":
                 p = subprocess.run(["docker", "logs", "--tail", "20", cname], capture_output=True, text=True)

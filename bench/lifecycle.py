@@ -268,14 +268,14 @@ def pg_connects(sockdir, port):
     return True
 
 
-def http_status(port, path, timeout=2.0):
+def http_status(port, path, timeout=2.0, host="127.0.0.1"):
     """Status code of GET path, or None when nothing answers."""
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        s = socket.create_connection((host, port), timeout=timeout)
     except OSError:
         return None
     try:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
                   .encode())
         data = b""
         while b"\r\n" not in data:
